@@ -1,0 +1,55 @@
+# The README's commands. `make run` and `make test` are all a fresh machine needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv run test test-unit lint format image bench system-deps clean
+
+help:
+	@echo "make run    - install into $(VENV) and run the agent on its zero-config default"
+	@echo "make test   - install system packages + test deps and run the whole suite"
+	@echo "make lint   - ruff check, ruff format --check, mypy --strict, shellcheck"
+	@echo "make image  - build the container images (secretivex:dev, secretivex:softhsm)"
+	@echo "make bench  - full side-by-side comparison with OpenSSH's ssh-agent"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,dev,testing]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/secretivex agent --print-env
+
+system-deps:
+	bash ci/install-system-deps.sh
+
+test: system-deps $(STAMP)
+	bash ci/run-tests.sh $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check secretivex tests
+	$(BIN)/ruff format --check secretivex tests
+	$(BIN)/mypy
+	shellcheck ci/*.sh .ci/run docker/*.sh
+
+format: $(STAMP)
+	$(BIN)/ruff format secretivex tests
+	$(BIN)/ruff check --fix secretivex tests
+
+image: $(STAMP)
+	bash ci/build-image.sh
+
+bench: $(STAMP)
+	bash ci/compare-openssh.sh
+
+clean:
+	rm -rf $(VENV) build dist .build *.egg-info
