@@ -1,0 +1,439 @@
+"""Where every agent message is handled: one method per message type (see ``_handlers``).
+
+The dispatcher is transport-free: it takes a parsed request and a connection context
+and returns a complete reply frame. The connection loop (``agent/connection.py``) owns
+the socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from secretivex import __version__, protocol
+from secretivex.agent.audit import AuditLog
+from secretivex.agent.listeners import ListenerSpec
+from secretivex.agent.lock import AgentLock
+from secretivex.keys import KeyLoadError, key_from_wire, verify_signature
+from secretivex.policy import confirm as confirm_outcomes
+from secretivex.policy.confirm import ConfirmRequest
+from secretivex.policy.destination import DestinationCheck, SessionBinding, check_destination
+from secretivex.policy.engine import Policy
+from secretivex.policy.peer import PeerCredentials, executable, process_chain
+from secretivex.stores.base import Identity, KeyStore, StoreError
+from secretivex.stores.registry import StoreRegistry
+
+log = logging.getLogger(__name__)
+
+HEALTH_EXTENSION = "health@secretivex"
+SESSION_BIND_EXTENSION = "session-bind@openssh.com"
+QUERY_EXTENSION = "query"
+SUPPORTED_EXTENSIONS = (QUERY_EXTENSION, SESSION_BIND_EXTENSION, HEALTH_EXTENSION)
+MAX_BINDINGS = 16  # per connection, as OpenSSH
+
+FAILURE = protocol.FAILURE_FRAME
+SUCCESS = protocol.SUCCESS_FRAME
+
+
+@dataclass(eq=False)
+class ConnectionContext:
+    listener: ListenerSpec
+    peer: PeerCredentials
+    conn_id: int
+    bindings: list[SessionBinding] = field(default_factory=list)
+    _provenance: tuple[str, tuple[str, ...]] | None = None
+
+    def provenance(self) -> tuple[str, tuple[str, ...]]:
+        """(executable, parent chain), read from /proc once per connection when needed."""
+        if self._provenance is None:
+            self._provenance = (executable(self.peer.pid), tuple(process_chain(self.peer.pid)))
+        return self._provenance
+
+
+class Limits:
+    """``max_signers`` and ``sign_timeout_ms``: how many slow signs may run at once and how
+    long a request may wait (queue + sign) before it fails."""
+
+    def __init__(self, max_signers: int, sign_timeout_ms: int) -> None:
+        self.signers = anyio.Semaphore(max(1, max_signers))
+        self.sign_timeout_s = sign_timeout_ms / 1000 if sign_timeout_ms > 0 else None
+
+
+class _NullMetrics:
+    def on_request(self, kind: str, outcome: str, latency_ns: int) -> None: ...
+    def on_queue_wait(self, ns: int) -> None: ...
+    def on_sign(self, store: str) -> None: ...
+    def on_confirm(self, outcome: str, reason: str | None = None) -> None: ...
+    def on_list_cache(self, hit: bool) -> None: ...
+
+
+class Outcome(Exception):
+    """Raised inside a handler to end the request with a failure reply and an outcome code."""
+
+    def __init__(self, outcome: str, detail: str = "") -> None:
+        super().__init__(detail or outcome)
+        self.outcome = outcome
+        self.detail = detail
+
+
+Handler = Callable[[ConnectionContext, Any], Awaitable[bytes]]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        registry: StoreRegistry,
+        policy: Policy,
+        limits: Limits,
+        *,
+        allow_add: bool = True,
+        pkcs11_allowlist: tuple[str, ...] = ("/usr/lib*/*", "/usr/local/lib*/*"),
+        metrics: Any = None,
+        audit: AuditLog | None = None,
+        health: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.policy = policy
+        self.limits = limits
+        self.allow_add = allow_add
+        self.pkcs11_allowlist = pkcs11_allowlist
+        self.metrics = metrics or _NullMetrics()
+        self.audit = audit or AuditLog(None)
+        self.health = health or (lambda: {})
+        self.lock = AgentLock()
+        self._listing_frames: dict[int, tuple[tuple[Identity, ...], bytes]] = {}
+        self._handlers: dict[type, tuple[str, Handler]] = {
+            protocol.RequestIdentities: ("list", self.request_identities),
+            protocol.SignRequest: ("sign", self.sign),
+            protocol.AddIdentity: ("add", self.add_identity),
+            protocol.RemoveIdentity: ("remove", self.remove_identity),
+            protocol.RemoveAllIdentities: ("remove_all", self.remove_all),
+            protocol.AddSmartcardKey: ("add_smartcard", self.add_smartcard),
+            protocol.RemoveSmartcardKey: ("remove_smartcard", self.remove_smartcard),
+            protocol.Lock: ("lock", self.lock_agent),
+            protocol.Unlock: ("unlock", self.unlock_agent),
+            protocol.Extension: ("extension", self.extension),
+        }
+
+    # -- entry point ------------------------------------------------------------------
+
+    async def handle(self, ctx: ConnectionContext, payload: bytes) -> bytes:
+        """Parse one payload, run its handler, observe, and return the reply frame."""
+        start = time.perf_counter_ns()
+        try:
+            request = protocol.parse_request(payload)
+        except protocol.ProtocolError as exc:
+            self._observe(ctx, "malformed", "bad_request", start, detail=str(exc))
+            return FAILURE
+        entry = self._handlers.get(type(request))
+        if entry is None:
+            self._observe(ctx, "unknown", "unsupported", start)
+            return FAILURE
+        kind, handler = entry
+        if self.lock.locked and kind not in ("unlock", "list"):
+            self._observe(ctx, kind, "locked", start)
+            return FAILURE
+        fingerprint = ""
+        try:
+            reply = await handler(ctx, request)
+        except Outcome as exc:
+            fingerprint = getattr(exc, "fingerprint", "")
+            self._observe(ctx, kind, exc.outcome, start, fingerprint, exc.detail)
+            return protocol.EXTENSION_FAILURE_FRAME if exc.outcome == "ext_failure" else FAILURE
+        except Exception:
+            log.exception("internal error handling %s", kind)
+            self._observe(ctx, kind, "internal_error", start)
+            return FAILURE
+        self._observe(ctx, kind, "ok", start, ctx_fp(request))
+        return reply
+
+    def _observe(
+        self,
+        ctx: ConnectionContext,
+        kind: str,
+        outcome: str,
+        start_ns: int,
+        fingerprint: str = "",
+        detail: str = "",
+    ) -> None:
+        latency = time.perf_counter_ns() - start_ns
+        self.metrics.on_request(kind, outcome, latency)
+        if self.audit.enabled:
+            record: dict[str, Any] = {
+                "socket": str(ctx.listener.path),
+                "listener": ctx.listener.name,
+                "request": kind,
+                "outcome": outcome,
+                "latency_us": latency // 1000,
+                "peer_uid": ctx.peer.uid,
+                "peer_gid": ctx.peer.gid,
+                "peer_pid": ctx.peer.pid,
+                "peer_exe": ctx.provenance()[0],
+            }
+            if fingerprint:
+                record["key"] = fingerprint
+            if detail:
+                record["detail"] = detail
+            self.audit.record(**record)
+
+    # -- listing ----------------------------------------------------------------------
+
+    async def visible_identities(self, listener: ListenerSpec) -> tuple[Identity, ...]:
+        idents = await self.registry.identities()
+        return tuple(i for i in idents if listener.sees(i) and self.policy.permits(i))
+
+    async def request_identities(self, ctx: ConnectionContext, _: Any) -> bytes:
+        if self.lock.locked:
+            return protocol.encode_identities_answer(())
+        idents = await self.registry.identities()
+        cached = self._listing_frames.get(id(ctx.listener))
+        if cached is not None and cached[0] is idents:
+            self.metrics.on_list_cache(True)
+            return cached[1]
+        self.metrics.on_list_cache(False)
+        visible = [
+            (i.blob, i.comment) for i in idents if ctx.listener.sees(i) and self.policy.permits(i)
+        ]
+        frame = protocol.encode_identities_answer(visible)
+        self._listing_frames[id(ctx.listener)] = (idents, frame)
+        return frame
+
+    def invalidate(self) -> None:
+        """Drop cached listings (policy or listeners changed)."""
+        self._listing_frames.clear()
+
+    # -- signing ----------------------------------------------------------------------
+
+    async def sign(self, ctx: ConnectionContext, req: protocol.SignRequest) -> bytes:
+        found = await self.registry.owner(req.key_blob)
+        if found is None:
+            raise Outcome("not_found")
+        store, ident = found
+        if not ctx.listener.sees(ident):
+            raise _with_fp(Outcome("scope_denied"), ident)
+        if not self.policy.permits(ident):
+            raise _with_fp(Outcome("policy_denied"), ident)
+        destination = ""
+        if ident.constraints:
+            verdict: DestinationCheck = check_destination(ident, ctx.bindings, req.data)
+            if not verdict.allowed:
+                raise _with_fp(Outcome("destination_denied", verdict.reason), ident)
+            destination = verdict.destination
+        if self.policy.needs_confirm(ident):
+            await self._confirm(ctx, ident, req, destination)
+        key = store.local_key(ident.blob)
+        if key is not None:
+            # Software key: tens of microseconds, signed inline (no queue, no thread hop).
+            try:
+                signature: bytes = key.sign(req.data, req.flags)
+            except Exception as exc:
+                raise _with_fp(Outcome("sign_error", str(exc)), ident) from None
+            self.metrics.on_queue_wait(0)
+        else:
+            signature = await self._sign_slow(store, ident, req)
+        self.metrics.on_sign(store.name)
+        return protocol.encode_sign_response(signature)
+
+    async def _sign_slow(self, store: KeyStore, ident: Identity, req: protocol.SignRequest) -> bytes:
+        queued = time.perf_counter_ns()
+        with anyio.move_on_after(self.limits.sign_timeout_s) as scope:
+            async with self.limits.signers:
+                self.metrics.on_queue_wait(time.perf_counter_ns() - queued)
+                try:
+                    return await store.sign(ident.blob, req.data, req.flags)
+                except StoreError as exc:
+                    raise _with_fp(Outcome("sign_error", str(exc)), ident) from None
+        assert scope.cancelled_caught
+        raise _with_fp(Outcome("timeout"), ident)
+
+    async def _confirm(
+        self, ctx: ConnectionContext, ident: Identity, req: protocol.SignRequest, destination: str
+    ) -> None:
+        exe, chain = ctx.provenance()
+        request = ConfirmRequest(
+            fingerprint=ident.fingerprint,
+            comment=ident.comment,
+            key_type=ident.key_type,
+            data_len=len(req.data),
+            socket=str(ctx.listener.path),
+            peer_pid=ctx.peer.pid,
+            peer_uid=ctx.peer.uid,
+            peer_gid=ctx.peer.gid,
+            peer_exe=exe,
+            peer_chain=chain,
+            destination=destination,
+        )
+        outcome = await self.policy.confirm(request)
+        self.metrics.on_confirm(outcome)
+        if outcome in (confirm_outcomes.ALLOW, confirm_outcomes.CACHE_HIT):
+            return
+        code = {
+            confirm_outcomes.TIMEOUT: "confirm_timeout",
+            confirm_outcomes.ERROR: "confirm_error",
+        }.get(outcome, "confirm_denied")
+        raise _with_fp(Outcome(code), ident)
+
+    # -- adding and removing ----------------------------------------------------------
+
+    def _may_add(self, ctx: ConnectionContext) -> None:
+        if not (self.allow_add and ctx.listener.allow_add):
+            raise Outcome("add_refused", "adding keys is disabled on this socket")
+
+    async def add_identity(self, ctx: ConnectionContext, req: protocol.AddIdentity) -> bytes:
+        self._may_add(ctx)
+        c = req.constraints
+        if c.maxsign is not None:
+            raise Outcome("unsupported", "maxsign constraint (XMSS) is not supported")
+        try:
+            # RSA key checks take ~0.1 s (3072 bits): never on the event loop.
+            key = await anyio.to_thread.run_sync(
+                key_from_wire, req.key.key_type, req.key.fields, req.comment
+            )
+        except KeyLoadError as exc:
+            raise Outcome("bad_key", str(exc)) from None
+        extra = tuple(e for e in c.extensions if isinstance(e, protocol.DestinationConstraints))
+        others = [e for e in c.extensions if not isinstance(e, protocol.DestinationConstraints)]
+        if others:
+            raise Outcome("unsupported", f"constraint {type(others[0]).__name__} not supported")
+        ident = self.registry.memory.add(
+            key, req.comment, lifetime_s=c.lifetime, confirm=c.confirm, constraints=extra
+        )
+        log.info("added key %s %s (lifetime=%s confirm=%s destinations=%d)", ident.fingerprint,
+                 req.comment, c.lifetime, c.confirm, len(extra))
+        return SUCCESS
+
+    async def remove_identity(self, ctx: ConnectionContext, req: protocol.RemoveIdentity) -> bytes:
+        self._may_add(ctx)
+        found = await self.registry.owner(req.key_blob)
+        if found is None or not ctx.listener.sees(found[1]):
+            raise Outcome("not_found")
+        if not self.registry.is_removable(found[0]):
+            raise Outcome("remove_refused", f"key belongs to configured store {found[0].name}")
+        self.registry.memory.remove(req.key_blob)
+        return SUCCESS
+
+    async def remove_all(self, ctx: ConnectionContext, _: Any) -> bytes:
+        self._may_add(ctx)
+        self.registry.memory.clear()
+        for store in self.registry.smartcards:
+            await store.aclose()
+        self.registry.smartcards.clear()
+        return SUCCESS
+
+    async def add_smartcard(self, ctx: ConnectionContext, req: protocol.AddSmartcardKey) -> bytes:
+        self._may_add(ctx)
+        if req.constraints.lifetime or req.constraints.confirm or req.constraints.extensions:
+            raise Outcome("unsupported", "constraints on smartcard keys are not supported")
+        from secretivex.stores.pkcs11 import open_smartcard, same_module
+
+        if any(same_module(s, req.reader_id) for s in self.registry.smartcards):
+            raise Outcome("add_refused", "module already added")
+        try:
+            stores = await open_smartcard(req.reader_id, req.pin, self.pkcs11_allowlist)
+        except StoreError as exc:
+            raise Outcome("add_refused", str(exc)) from None
+        self.registry.smartcards.extend(stores)
+        return SUCCESS
+
+    async def remove_smartcard(
+        self, ctx: ConnectionContext, req: protocol.RemoveSmartcardKey
+    ) -> bytes:
+        self._may_add(ctx)
+        from secretivex.stores.pkcs11 import same_module
+
+        matching = [s for s in self.registry.smartcards if same_module(s, req.reader_id)]
+        if not matching:
+            raise Outcome("not_found")
+        for store in matching:
+            self.registry.smartcards.remove(store)
+            await store.aclose()
+        return SUCCESS
+
+    # -- lock -------------------------------------------------------------------------
+
+    async def lock_agent(self, ctx: ConnectionContext, req: protocol.Lock) -> bytes:
+        if not ctx.listener.allow_lock:
+            raise Outcome("lock_refused", "locking is disabled on this socket")
+        if not await self.lock.lock(req.passphrase):
+            raise Outcome("already_locked")
+        log.info("agent locked by uid %d", ctx.peer.uid)
+        return SUCCESS
+
+    async def unlock_agent(self, ctx: ConnectionContext, req: protocol.Unlock) -> bytes:
+        if not ctx.listener.allow_lock:
+            raise Outcome("lock_refused", "locking is disabled on this socket")
+        if not await self.lock.unlock(req.passphrase):
+            raise Outcome("bad_passphrase")
+        log.info("agent unlocked by uid %d", ctx.peer.uid)
+        return SUCCESS
+
+    # -- extensions -------------------------------------------------------------------
+
+    async def extension(self, ctx: ConnectionContext, req: protocol.Extension) -> bytes:
+        if req.name == QUERY_EXTENSION:
+            return _extension_reply(QUERY_EXTENSION, protocol.encode_query_reply(SUPPORTED_EXTENSIONS))
+        if req.name == SESSION_BIND_EXTENSION:
+            return self._session_bind(ctx, req)
+        if req.name == HEALTH_EXTENSION:
+            return _extension_reply(HEALTH_EXTENSION, self._health_json())
+        raise Outcome("ext_failure", f"unsupported extension {req.name[:64]!r}")
+
+    def _session_bind(self, ctx: ConnectionContext, req: protocol.Extension) -> bytes:
+        try:
+            bind = protocol.parse_session_bind(req.contents)
+        except protocol.ProtocolError as exc:
+            raise Outcome("bad_request", str(exc)) from None
+        if not verify_signature(bind.host_key, bind.session_id, bind.signature):
+            raise Outcome("bind_invalid", "session-bind signature does not verify")
+        for existing in ctx.bindings:
+            if existing.session_id == bind.session_id:
+                if existing.host_key != bind.host_key:
+                    raise Outcome("bind_invalid", "session id rebound to another host key")
+                return SUCCESS  # idempotent, as OpenSSH
+        if ctx.bindings and not ctx.bindings[-1].is_forwarding:
+            raise Outcome("bind_invalid", "connection already bound for authentication")
+        if len(ctx.bindings) >= MAX_BINDINGS:
+            raise Outcome("bind_invalid", "too many session bindings")
+        ctx.bindings.append(SessionBinding(bind.host_key, bind.session_id, bind.is_forwarding))
+        return SUCCESS
+
+    def _health_json(self) -> bytes:
+        import orjson
+
+        doc: dict[str, Any] = {"version": __version__, "locked": self.lock.locked}
+        doc["stores"] = [
+            {
+                "name": h.name,
+                "kind": h.kind,
+                "state": h.state.value,
+                "keys": h.keys,
+                "last_error": h.last_error,
+                "detail": h.detail,
+            }
+            for h in self.registry.health()
+        ]
+        doc.update(self.health())
+        return orjson.dumps(doc, default=str)
+
+
+def _extension_reply(name: str, contents: bytes) -> bytes:
+    return protocol.frame(protocol.encode_response(protocol.ExtensionResponse(name, contents)))
+
+
+def _with_fp(exc: Outcome, ident: Identity) -> Outcome:
+    exc.fingerprint = ident.fingerprint  # type: ignore[attr-defined]
+    return exc
+
+
+def ctx_fp(request: Any) -> str:
+    blob = getattr(request, "key_blob", None)
+    if blob is None:
+        return ""
+    from secretivex.stores.base import fingerprint_sha256
+
+    return fingerprint_sha256(blob)

@@ -1,0 +1,132 @@
+"""Keys from OpenSSH private key files and directories (``~/.ssh`` by default)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import anyio
+
+from secretivex.keys import KeyLoadError, SoftwareKey, load_private_key_file, looks_like_private_key
+from secretivex.stores.base import Identity, KeyStore, SignError, StoreHealth, StoreState
+
+log = logging.getLogger(__name__)
+
+#: Files in a key directory that are never private keys, whatever their first bytes say.
+SKIPPED_NAMES = frozenset({"known_hosts", "known_hosts.old", "config", "authorized_keys",
+                           "authorized_keys2", "environment", "rc"})
+
+PassphraseSource = Callable[[], bytes | None]
+
+
+def _candidate_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        out = []
+        for child in sorted(path.iterdir()):
+            name = child.name
+            if name in SKIPPED_NAMES or name.endswith(".pub") or name.startswith("."):
+                continue
+            if child.is_file() and looks_like_private_key(child):
+                out.append(child)
+        return out
+    return [path]
+
+
+class FileStore(KeyStore):
+    """Loads every private key under ``paths`` once; SIGHUP (``reload``) re-reads them.
+
+    A key that cannot be loaded is skipped with a warning naming the file, so one bad
+    file never takes the other keys away.
+    """
+
+    kind = "file"
+
+    def __init__(
+        self,
+        name: str,
+        paths: Sequence[str | os.PathLike[str]],
+        passphrase: PassphraseSource | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.paths = [Path(os.path.expanduser(str(p))) for p in paths]
+        self._passphrase = passphrase or (lambda: None)
+        self._keys: dict[bytes, SoftwareKey] = {}
+        self._listing: tuple[Identity, ...] = ()
+        self._problems: list[str] = []
+
+    def _load_all(self) -> tuple[dict[bytes, SoftwareKey], list[str]]:
+        keys: dict[bytes, SoftwareKey] = {}
+        problems: list[str] = []
+        passphrase: bytes | None = None
+        passphrase_read = False
+        for root in self.paths:
+            if not root.exists():
+                if root.name != ".ssh":
+                    problems.append(f"{root}: no such file or directory")
+                continue
+            try:
+                files = _candidate_files(root)
+            except OSError as exc:
+                problems.append(f"{root}: {exc.strerror or exc}")
+                continue
+            for path in files:
+                try:
+                    try:
+                        key = load_private_key_file(path, None)
+                    except KeyLoadError:
+                        if not passphrase_read:
+                            passphrase, passphrase_read = self._passphrase(), True
+                        if passphrase is None:
+                            raise
+                        key = load_private_key_file(path, passphrase)
+                except (KeyLoadError, OSError) as exc:
+                    problems.append(str(exc))
+                    continue
+                keys.setdefault(key.public_blob, key)
+        return keys, problems
+
+    async def open(self) -> None:
+        keys, problems = await anyio.to_thread.run_sync(self._load_all)
+        self._keys = keys
+        self._problems = problems
+        for problem in problems:
+            log.warning("store %s: skipped %s", self.name, problem)
+        self._listing = tuple(
+            Identity(blob=k.public_blob, comment=k.comment, store=self.name, key_type=k.key_type)
+            for k in keys.values()
+        )
+        self._changed()
+        log.info("store %s: %d key(s) from %s", self.name, len(keys),
+                 ", ".join(str(p) for p in self.paths))
+
+    async def reload(self) -> None:
+        await self.open()
+
+    async def aclose(self) -> None:
+        self._keys = {}
+        self._listing = ()
+        self._changed()
+
+    async def identities(self) -> Sequence[Identity]:
+        return self._listing
+
+    def local_key(self, blob: bytes) -> SoftwareKey | None:
+        return self._keys.get(blob)
+
+    async def sign(self, blob: bytes, data: bytes, flags: int) -> bytes:
+        key = self._keys.get(blob)
+        if key is None:
+            raise SignError("key not in file store")
+        return key.sign(data, flags)
+
+    def health(self) -> StoreHealth:
+        return StoreHealth(
+            self.name,
+            self.kind,
+            StoreState.OK,
+            len(self._keys),
+            last_error=self._problems[-1] if self._problems else None,
+            detail={"paths": [str(p) for p in self.paths], "skipped": list(self._problems)},
+        )

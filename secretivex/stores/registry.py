@@ -1,0 +1,69 @@
+"""All stores behind one listing: stable order, duplicates collapsed, signs routed by blob."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from secretivex.stores.base import Identity, KeyStore, SignError, StoreHealth
+from secretivex.stores.memory import MemoryStore
+
+log = logging.getLogger(__name__)
+
+
+class StoreRegistry:
+    """Configured stores first (config order), then the ssh-add memory store, then
+    smartcard stores added with ``ssh-add -s``. The first store listing a blob owns it."""
+
+    def __init__(self, stores: Sequence[KeyStore] = (), memory: MemoryStore | None = None) -> None:
+        self.configured: list[KeyStore] = list(stores)
+        self.memory = memory or MemoryStore()
+        self.smartcards: list[KeyStore] = []
+        self._cache_key: tuple[Any, ...] = ()
+        self._listing: tuple[Identity, ...] = ()
+        self._owners: dict[bytes, tuple[KeyStore, Identity]] = {}
+
+    @property
+    def stores(self) -> list[KeyStore]:
+        return [*self.configured, self.memory, *self.smartcards]
+
+    def _versions(self) -> tuple[Any, ...]:
+        return tuple((id(s), s.version) for s in self.stores)
+
+    async def identities(self) -> tuple[Identity, ...]:
+        """The merged listing; recomputed only when some store's ``version`` moved."""
+        key = self._versions()
+        if key != self._cache_key or self.memory.expiring():
+            listing: list[Identity] = []
+            owners: dict[bytes, tuple[KeyStore, Identity]] = {}
+            for store in self.stores:
+                try:
+                    ids = await store.identities()
+                except Exception as exc:  # a store fault must never break listing
+                    log.warning("store %s: listing failed: %s", store.name, exc)
+                    continue
+                for ident in ids:
+                    if ident.blob not in owners:
+                        owners[ident.blob] = (store, ident)
+                        listing.append(ident)
+            self._listing = tuple(listing)
+            self._owners = owners
+            self._cache_key = self._versions()
+        return self._listing
+
+    async def owner(self, blob: bytes) -> tuple[KeyStore, Identity] | None:
+        await self.identities()
+        return self._owners.get(blob)
+
+    async def sign(self, blob: bytes, data: bytes, flags: int) -> bytes:
+        found = await self.owner(blob)
+        if found is None:
+            raise SignError("no such key")
+        return await found[0].sign(blob, data, flags)
+
+    def is_removable(self, store: KeyStore) -> bool:
+        return store is self.memory
+
+    def health(self) -> list[StoreHealth]:
+        return [s.health() for s in self.stores]

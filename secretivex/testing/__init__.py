@@ -1,0 +1,1 @@
+"""Test helpers for other projects' suites (``pip install secretivex[testing]``)."""

@@ -1,0 +1,1 @@
+"""pytest plugin registered by the ``secretivex`` distribution (entry point ``pytest11``)."""
