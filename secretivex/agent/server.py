@@ -81,16 +81,21 @@ def build_store(cfg: Any, index: int) -> KeyStore:
     raise StoreError(f"unknown store type {cfg.type!r}")
 
 
+def _matchers(items: Any) -> list[Any]:
+    """Config matchers arrive parsed (``Matcher``); plain strings are parsed here."""
+    return [parse_matcher(m) if isinstance(m, str) else m for m in items]
+
+
 def build_policy(cfg: Any) -> Policy:
     pol = cfg.policy
     confirm = pol.confirm
     return Policy(
-        allow=[parse_matcher(m) for m in pol.allow],
-        deny=[parse_matcher(m) for m in pol.deny],
+        allow=_matchers(pol.allow),
+        deny=_matchers(pol.deny),
         confirm_command=tuple(confirm.command or ()),
         confirm_timeout_ms=confirm.timeout_ms,
         confirm_cache_ms=confirm.cache_ms,
-        confirm_keys=[parse_matcher(m) for m in confirm.keys] if confirm.command else None,
+        confirm_keys=_matchers(confirm.keys) if confirm.command else None,
     )
 
 
@@ -113,7 +118,7 @@ def build_listener_specs(cfg: Any) -> list[ListenerSpec]:
                 mode=int(lc.mode, 8) if isinstance(lc.mode, str) else lc.mode,
                 owner=resolve_uid(lc.owner),
                 group=resolve_gid(lc.group),
-                keys=tuple(parse_matcher(m) for m in lc.keys),
+                keys=tuple(_matchers(lc.keys)),
                 peer_uids=frozenset(resolve_uid(u) or 0 for u in peers.uids),
                 peer_gids=frozenset(resolve_gid(g) or 0 for g in peers.gids),
                 allow_add=lc.allow_add,

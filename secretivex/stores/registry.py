@@ -33,6 +33,12 @@ class StoreRegistry:
 
     async def identities(self) -> tuple[Identity, ...]:
         """The merged listing; recomputed only when some store's ``version`` moved."""
+        for store in self.stores:
+            if getattr(store, "dynamic", False):
+                try:
+                    await store.identities()  # refreshes; bumps its version on change
+                except Exception as exc:
+                    log.warning("store %s: listing failed: %s", store.name, exc)
         key = self._versions()
         if key != self._cache_key or self.memory.expiring():
             listing: list[Identity] = []

@@ -208,6 +208,7 @@ def test_paramiko_agent_lists_and_signs(tmp_path: Path, keydir: Path) -> None:
 def test_asyncssh_agent_lists_and_signs(tmp_path: Path, keydir: Path) -> None:
     asyncssh = pytest.importorskip("asyncssh")
     import anyio
+    from asyncssh.public_key import decode_ssh_public_key
 
     with running_agent(tmp_path, "--key", str(keydir)) as agent:
 
@@ -217,7 +218,7 @@ def test_asyncssh_agent_lists_and_signs(tmp_path: Path, keydir: Path) -> None:
                 ok = True
                 for key in keys:
                     sig = await key.sign_async(b"asyncssh data")
-                    pub = asyncssh.decode_ssh_public_key(key.public_data)
+                    pub = decode_ssh_public_key(key.public_data)
                     ok = ok and pub.verify(b"asyncssh data", sig)
                 return len(keys), ok
 

@@ -1,0 +1,380 @@
+"""Scoped sockets, peer checks, policy, the confirm hook, upstream proxying, destination
+constraints and the audit log — each exercised with real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import (
+    AgentProcess,
+    fingerprint_of,
+    keygen,
+    require_tool,
+    run,
+    running_agent,
+    start_sshd,
+)
+
+pytestmark = pytest.mark.openssh
+
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    require_tool("ssh-add", "ssh-keygen", "ssh")
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("policy-keys")
+    keygen(d, "ci_deploy", "ed25519", comment="ci-deploy")
+    keygen(d, "ci_release", "ecdsa", 256, comment="ci-release")
+    keygen(d, "personal", "ed25519", comment="alice-personal")
+    return d
+
+
+@pytest.fixture()
+def shared_dir() -> Iterator[Path]:
+    """A directory other uids can traverse (pytest's tmp dirs are 0700 root)."""
+    d = Path(tempfile.mkdtemp(prefix="secretivex-shared-", dir="/tmp"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        subprocess.run(["rm", "-rf", str(d)], check=False)
+
+
+def _fps(agent_env: dict[str, str], sock: Path) -> set[str]:
+    out = run(["ssh-add", "-l"], env=dict(agent_env, SSH_AUTH_SOCK=str(sock)), check=False)
+    return {line.split()[1] for line in out.stdout.splitlines() if line.startswith(("256", "384", "3072"))}
+
+
+def _sign(agent_env: dict[str, str], sock: Path, pub: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+    data = tmp / f"data-{time.monotonic_ns()}"
+    data.write_text("payload")
+    only_pub = tmp / f"only-{time.monotonic_ns()}.pub"
+    only_pub.write_text(pub.read_text())
+    return run(["ssh-keygen", "-Y", "sign", "-n", "file", "-f", str(only_pub), str(data)],
+               env=dict(agent_env, SSH_AUTH_SOCK=str(sock)), check=False)
+
+
+def _raw_sign(sock: Path, pub: Path) -> bool:
+    """A sign request for ``pub`` sent straight to ``sock`` (no listing first)."""
+    from base64 import b64decode
+
+    from secretivex.client import AgentFailure, SyncAgentClient
+
+    blob = b64decode(pub.read_text().split()[1])
+    with SyncAgentClient.connect(str(sock)) as client:
+        try:
+            client.sign(blob, b"direct request")
+        except AgentFailure:
+            return False
+    return True
+
+
+def _audit(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_two_listeners_with_different_scopes(tmp_path: Path, keys: Path, shared_dir: Path) -> None:
+    ci_sock = shared_dir / "ci.sock"
+    audit = tmp_path / "audit.jsonl"
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"stores:\n  - type: file\n    paths: [{keys}]\n"
+        f"listeners:\n  - socket: {ci_sock}\n    keys: ['comment:ci-*']\n    allow_add: false\n"
+        f"audit:\n  path: {audit}\n"
+    )
+    with running_agent(tmp_path, "--config", str(config)) as agent:
+        every = {fingerprint_of(p) for p in keys.glob("*.pub")}
+        ci_only = {fingerprint_of(keys / "ci_deploy.pub"), fingerprint_of(keys / "ci_release.pub")}
+        assert _fps(agent.env, agent.socket) == every
+        assert _fps(agent.env, ci_sock) == ci_only
+        # The personal key cannot sign through the CI socket, and can through the main one.
+        assert _sign(agent.env, ci_sock, keys / "personal.pub", tmp_path).returncode != 0
+        assert _sign(agent.env, agent.socket, keys / "personal.pub", tmp_path).returncode == 0
+        assert _sign(agent.env, ci_sock, keys / "ci_deploy.pub", tmp_path).returncode == 0
+        # Asked directly (not via the listing), the CI socket still refuses the personal key.
+        assert not _raw_sign(ci_sock, keys / "personal.pub")
+        assert _raw_sign(agent.socket, keys / "personal.pub")
+        # allow_add: false on the CI socket.
+        extra = keygen(tmp_path, "extra", "ed25519")
+        added = run(["ssh-add", str(extra)], env=dict(agent.env, SSH_AUTH_SOCK=str(ci_sock)),
+                    check=False)
+        assert added.returncode != 0
+    records = _audit(audit)
+    outcomes = {(r["listener"], r["request"], r["outcome"]) for r in records}
+    assert ("listener-0", "sign", "scope_denied") in outcomes
+    assert ("agent", "sign", "ok") in outcomes
+    assert ("listener-0", "add", "add_refused") in outcomes
+    denied = next(r for r in records if r["outcome"] == "scope_denied")
+    assert denied["key"] == fingerprint_of(keys / "personal.pub")
+    assert denied["peer_uid"] == os.getuid()
+    assert "payload" not in audit.read_text()
+
+
+def test_peer_uid_refused_unless_allowed(tmp_path: Path, keys: Path, shared_dir: Path) -> None:
+    require_tool("setpriv")
+    open_sock = shared_dir / "open.sock"
+    allowed_sock = shared_dir / "allowed.sock"
+    audit = tmp_path / "audit.jsonl"
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"stores:\n  - type: file\n    paths: [{keys / 'ci_deploy'}]\n"
+        f"listeners:\n"
+        f"  - socket: {open_sock}\n    mode: '0666'\n"
+        f"  - socket: {allowed_sock}\n    mode: '0666'\n    peers: {{uids: [65534]}}\n"
+        f"audit:\n  path: {audit}\n"
+    )
+    with running_agent(tmp_path, "--config", str(config)) as agent:
+        as_nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                     "ssh-add", "-l"]
+        refused = run(as_nobody, env=dict(agent.env, SSH_AUTH_SOCK=str(open_sock), HOME="/"),
+                      check=False)
+        assert refused.returncode != 0
+        allowed = run(as_nobody, env=dict(agent.env, SSH_AUTH_SOCK=str(allowed_sock), HOME="/"))
+        assert fingerprint_of(keys / "ci_deploy.pub") in allowed.stdout
+    denied = [r for r in _audit(audit) if r["outcome"] == "peer_denied"]
+    assert denied and denied[0]["peer_uid"] == 65534
+
+
+def _hook(tmp: Path, name: str, body: str) -> Path:
+    script = tmp / name
+    script.write_text("#!/bin/sh\n" + body + "\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_confirm_hook_allow_deny_timeout_and_cache(tmp_path: Path, keys: Path) -> None:
+    calls = tmp_path / "calls.log"
+    deny = _hook(tmp_path, "deny.sh", "exit 1")
+    slow = _hook(tmp_path, "slow.sh", "sleep 30")
+    allow = _hook(tmp_path, "allow.sh",
+                  f'echo "$SECRETIVEX_CONFIRM_FINGERPRINT|$SECRETIVEX_CONFIRM_PEER_CHAIN" >> {calls}')
+    pub = keys / "ci_deploy.pub"
+    audit = tmp_path / "audit.jsonl"
+
+    def config(command: Path, timeout_ms: int = 5000, cache_ms: int = 0) -> Path:
+        path = tmp_path / f"confirm-{command.stem}-{cache_ms}.yaml"
+        path.write_text(
+            f"stores:\n  - type: file\n    paths: [{keys / 'ci_deploy'}]\n"
+            f"policy:\n  confirm:\n    command: [{command}]\n    timeout_ms: {timeout_ms}\n"
+            f"    cache_ms: {cache_ms}\naudit:\n  path: {audit}\n"
+        )
+        return path
+
+    with running_agent(tmp_path, "--config", str(config(deny))) as agent:
+        assert _sign(agent.env, agent.socket, pub, tmp_path).returncode != 0
+    with running_agent(tmp_path, "--config", str(config(slow, timeout_ms=500))) as agent:
+        started = time.monotonic()
+        assert _sign(agent.env, agent.socket, pub, tmp_path).returncode != 0
+        assert time.monotonic() - started < 10  # the hung hook was killed at its timeout
+    with running_agent(tmp_path, "--config", str(config(allow, cache_ms=60_000))) as agent:
+        for _ in range(3):
+            assert _sign(agent.env, agent.socket, pub, tmp_path).returncode == 0
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 1  # approved once, then served from the approval window
+    fp, chain = lines[0].split("|")
+    assert fp == fingerprint_of(pub)
+    assert chain.startswith("ssh-keygen")
+    outcomes = [r["outcome"] for r in _audit(audit) if r["request"] == "sign"]
+    assert outcomes[:2] == ["confirm_denied", "confirm_timeout"]
+    assert outcomes[2:] == ["ok", "ok", "ok"]
+
+
+def test_pending_confirmation_does_not_block_other_clients(tmp_path: Path, keys: Path) -> None:
+    hook = _hook(tmp_path, "slow-allow.sh", "sleep 2; exit 0")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"stores:\n  - type: file\n    paths: [{keys}]\n"
+        f"policy:\n  confirm:\n    command: [{hook}]\n    keys: ['comment:ci-release']\n"
+    )
+    with running_agent(tmp_path, "--config", str(config)) as agent:
+        result: dict[str, object] = {}
+
+        def confirm_needed() -> None:
+            t0 = time.monotonic()
+            result["rc"] = _sign(agent.env, agent.socket, keys / "ci_release.pub", tmp_path).returncode
+            result["took"] = time.monotonic() - t0
+
+        waiting = threading.Thread(target=confirm_needed)
+        waiting.start()
+        time.sleep(0.3)
+        from secretivex.client import SyncAgentClient
+
+        with SyncAgentClient.connect(str(agent.socket)) as client:
+            blob = next(i.blob for i in client.list_identities() if i.comment == "ci-deploy")
+            t0 = time.monotonic()
+            signed = 0
+            while time.monotonic() - t0 < 1.2:
+                client.sign(blob, b"meanwhile")
+                signed += 1
+        waiting.join(15)
+    assert result["rc"] == 0
+    assert result["took"] >= 2  # type: ignore[operator]
+    assert signed > 50, f"only {signed} signatures while a confirmation was pending"
+
+
+def test_ssh_add_c_uses_the_confirm_hook(tmp_path: Path, keys: Path) -> None:
+    deny = _hook(tmp_path, "deny.sh", "exit 1")
+    config = tmp_path / "c.yaml"
+    # The hook covers no configured key; ssh-add -c keys always ask it anyway.
+    config.write_text(
+        f"stores: []\npolicy:\n  confirm:\n    command: [{deny}]\n    keys: ['comment:none-such']\n"
+    )
+    key = keygen(tmp_path, "confirm_me", "ed25519")
+    with running_agent(tmp_path, "--config", str(config)) as agent:
+        agent.ssh_add("-c", str(key))
+        assert _sign(agent.env, agent.socket, key.with_suffix(".pub"), tmp_path).returncode != 0
+        agent.ssh_add("-d", str(key))
+        agent.ssh_add(str(key))  # without -c the hook is not consulted for this key
+        assert _sign(agent.env, agent.socket, key.with_suffix(".pub"), tmp_path).returncode == 0
+
+
+def test_allow_deny_policy(tmp_path: Path, keys: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"stores:\n  - type: file\n    paths: [{keys}]\n"
+        f"policy:\n  allow: ['comment:ci-*']\n  deny: ['SHA256:{fingerprint_of(keys / 'ci_release.pub')[7:]}']\n"
+    )
+    with running_agent(tmp_path, "--config", str(config)) as agent:
+        assert _fps(agent.env, agent.socket) == {fingerprint_of(keys / "ci_deploy.pub")}
+        assert _sign(agent.env, agent.socket, keys / "ci_release.pub", tmp_path).returncode != 0
+        assert _sign(agent.env, agent.socket, keys / "personal.pub", tmp_path).returncode != 0
+        assert _sign(agent.env, agent.socket, keys / "ci_deploy.pub", tmp_path).returncode == 0
+
+
+@pytest.fixture()
+def openssh_agent(tmp_path: Path, keys: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
+    sock = tmp_path / "upstream" / "ssh-agent.sock"
+    sock.parent.mkdir(mode=0o700)
+    proc = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        env = dict(os.environ, SSH_AUTH_SOCK=str(sock))
+        for name in ("ci_deploy", "ci_release", "personal"):
+            run(["ssh-add", "-q", str(keys / name)], env=env)
+        yield sock, proc
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_upstream_proxy_filters_keys(tmp_path: Path, keys: Path, shared_dir: Path,
+                                     openssh_agent: tuple[Path, subprocess.Popen[bytes]]) -> None:
+    upstream, upstream_proc = openssh_agent
+    container_sock = shared_dir / "container.sock"
+    audit = tmp_path / "audit.jsonl"
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"agent:\n  sign_timeout_ms: 1000\n"
+        f"stores:\n  - type: upstream\n    socket: {upstream}\n    timeout_ms: 3000\n"
+        f"listeners:\n  - socket: {container_sock}\n    keys: ['comment:ci-deploy']\n"
+        f"audit:\n  path: {audit}\n"
+    )
+    with running_agent(tmp_path, "--config", str(config)) as agent:
+        assert _fps(agent.env, agent.socket) == {fingerprint_of(p) for p in keys.glob("*.pub")}
+        assert _fps(agent.env, container_sock) == {fingerprint_of(keys / "ci_deploy.pub")}
+        assert _sign(agent.env, container_sock, keys / "ci_deploy.pub", tmp_path).returncode == 0
+        assert _sign(agent.env, container_sock, keys / "personal.pub", tmp_path).returncode != 0
+        assert not _raw_sign(container_sock, keys / "personal.pub")
+        # A stalled upstream: the sign fails at sign_timeout_ms, the agent keeps serving.
+        upstream_proc.send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        assert _sign(agent.env, agent.socket, keys / "personal.pub", tmp_path).returncode != 0
+        assert time.monotonic() - t0 < 8
+        upstream_proc.send_signal(signal.SIGCONT)
+        # The upstream dies: failure replies and empty listing, never a crash; it comes back.
+        upstream_proc.terminate()
+        upstream_proc.wait(10)
+        time.sleep(1.1)
+        assert _fps(agent.env, agent.socket) == set()
+        assert agent.proc.poll() is None
+        restarted = subprocess.Popen(["ssh-agent", "-D", "-a", str(upstream)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)
+            run(["ssh-add", "-q", str(keys / "ci_deploy")], env=dict(os.environ, SSH_AUTH_SOCK=str(upstream)))
+            time.sleep(1.1)
+            assert _fps(agent.env, container_sock) == {fingerprint_of(keys / "ci_deploy.pub")}
+        finally:
+            restarted.terminate()
+            restarted.wait(10)
+    outcomes = {r["outcome"] for r in _audit(audit) if r["request"] == "sign"}
+    assert {"ok", "scope_denied", "timeout"} <= outcomes
+
+
+def test_max_connections_closes_extra_connections(tmp_path: Path, keys: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"agent:\n  max_connections: 2\nstores:\n  - type: file\n    paths: [{keys}]\n")
+    with running_agent(tmp_path, "--config", str(config)) as agent:
+        held = []
+        for _ in range(2):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(agent.socket))
+            s.sendall(b"\x00\x00\x00\x01\x0b")
+            s.recv(65536)
+            held.append(s)
+        out = agent.ssh_add("-l", check=False)
+        assert out.returncode != 0  # the third connection is closed
+        for s in held:
+            s.close()
+        time.sleep(0.2)
+        assert agent.ssh_add("-l").returncode == 0
+
+
+def _ssh_via(sshd_port: int, alias: str, known_hosts: Path, agent: AgentProcess) -> subprocess.CompletedProcess[str]:
+    return run(
+        ["ssh", "-F", "/dev/null", "-p", str(sshd_port), "-o", "BatchMode=yes",
+         "-o", f"HostKeyAlias={alias}", "-o", f"UserKnownHostsFile={known_hosts}",
+         "-o", "StrictHostKeyChecking=yes", "-o", "PasswordAuthentication=no",
+         "-o", "ConnectTimeout=10", f"{os.environ.get('USER', 'root')}@127.0.0.1", "echo ok"],
+        env=agent.env, check=False,
+    )
+
+
+def test_destination_constraints_with_ssh_add_h(tmp_path: Path) -> None:
+    require_tool("/usr/sbin/sshd")
+    key = keygen(tmp_path, "dest", "ed25519", comment="dest-key")
+    pub = key.with_suffix(".pub").read_text().strip()
+    allowed = start_sshd(tmp_path, [pub], name="allowed")
+    other = start_sshd(tmp_path, [pub], name="other")
+    known = tmp_path / "known_hosts"
+    known.write_text(
+        f"allowed-host {' '.join(allowed.host_key_pub.read_text().split()[:2])}\n"
+        f"other-host {' '.join(other.host_key_pub.read_text().split()[:2])}\n"
+    )
+    audit = tmp_path / "audit.jsonl"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"stores: []\naudit:\n  path: {audit}\n")
+    try:
+        with running_agent(tmp_path, "--config", str(config)) as agent:
+            agent.ssh_add("-H", str(known), "-h", "allowed-host", str(key))
+            assert "dest-key" in agent.ssh_add("-l").stdout
+            ok = _ssh_via(allowed.port, "allowed-host", known, agent)
+            assert ok.returncode == 0, ok.stderr
+            assert "ok" in ok.stdout
+            refused = _ssh_via(other.port, "other-host", known, agent)
+            assert refused.returncode != 0
+            # Signing arbitrary data with a destination-constrained key is refused too.
+            assert _sign(agent.env, agent.socket, key.with_suffix(".pub"), tmp_path).returncode != 0
+    finally:
+        for server in (allowed, other):
+            server.proc.terminate()
+            server.proc.wait(10)
+    outcomes = [r["outcome"] for r in _audit(audit) if r["request"] == "sign"]
+    assert "ok" in outcomes and "destination_denied" in outcomes
