@@ -1,0 +1,908 @@
+"""The configuration model: one typed, frozen model per section.
+
+Every section forbids unknown keys. Field descriptions and examples feed the JSON
+Schema (``secretivex config schema``) and the generated tables in
+``docs/configuration.md``, so they are written for users.
+
+Checks that look at the host (a PKCS#11 module file exists, a user or group name
+resolves, the confirm program is executable) run only while ``host_checks(True)``
+is in force, which is the default; ``secretivex config validate --no-path-checks``
+turns them off, e.g. for build-time checks in a sandbox.
+
+No field holds a secret: PINs and passphrases are named by environment variable or
+file, never written into the config.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal, NoReturn, Self
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from secretivex.config.matchers import Matcher, MatcherError, parse_matcher
+from secretivex.config.profiles import (
+    DEFAULT_PROFILE,
+    PROFILE_NAMES,
+    ProfileName,
+    detect_cpu_count,
+    profile_defaults,
+)
+
+__all__ = [
+    "SOCKET_PATH_MAX_BYTES",
+    "AgentSection",
+    "AuditSection",
+    "ConfirmSection",
+    "FileStore",
+    "ListenerSection",
+    "LoggingSection",
+    "MetricsSection",
+    "PeersSection",
+    "Pkcs11Store",
+    "PolicySection",
+    "SecretivexConfig",
+    "StoreConfig",
+    "UpstreamStore",
+    "default_socket_path",
+    "host_checks",
+    "host_checks_enabled",
+]
+
+#: Longest socket path accepted, in bytes. The kernel's ``sun_path`` holds 108 bytes
+#: on Linux and 104 on macOS/BSD, terminating NUL included; 100 fits both.
+SOCKET_PATH_MAX_BYTES = 100
+
+_HOST_CHECKS: ContextVar[bool] = ContextVar("secretivex_config_host_checks", default=True)
+
+
+@contextmanager
+def host_checks(enabled: bool) -> Iterator[None]:
+    """Enable or disable checks against this machine while validating models."""
+    token = _HOST_CHECKS.set(enabled)
+    try:
+        yield
+    finally:
+        _HOST_CHECKS.reset(token)
+
+
+def host_checks_enabled() -> bool:
+    return _HOST_CHECKS.get()
+
+
+def default_socket_path(env: dict[str, str] | None = None) -> Path:
+    """``$XDG_RUNTIME_DIR/secretivex/agent.sock``, else ``~/.secretivex/agent.sock``."""
+    environ = os.environ if env is None else env
+    runtime = environ.get("XDG_RUNTIME_DIR", "")
+    if runtime and Path(runtime).is_absolute():
+        return Path(runtime) / "secretivex" / "agent.sock"
+    return Path("~/.secretivex/agent.sock").expanduser()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _fail(kind: str, message: str, **ctx: Any) -> NoReturn:
+    """Raise a validation error whose message is exactly ``message``.
+
+    ``field=`` in ctx names the key the problem is about, when the validator runs on a
+    whole model (the loader appends it to the error location).
+    """
+    raise PydanticCustomError(kind, "{reason}", {"reason": message, **ctx})
+
+
+def _expand_absolute(value: Any, what: str) -> Path:
+    if isinstance(value, Path):
+        text = str(value)
+    elif isinstance(value, str):
+        text = value
+    else:
+        _fail("path_type", f"{what} must be a string, not {_type_name(value)}")
+    if not text.strip():
+        _fail("path_empty", f"{what} must not be empty")
+    if "\x00" in text:
+        _fail("path_nul", f"{what} must not contain a NUL byte")
+    expanded = Path(text).expanduser()
+    if not expanded.is_absolute():
+        _fail(
+            "path_relative",
+            f"{what} must be absolute (or start with ~/), got {text!r}: "
+            "relative paths would depend on the agent's working directory",
+        )
+    return expanded
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _abs_path(value: Any) -> Path:
+    return _expand_absolute(value, "path")
+
+
+def _socket_path(value: Any) -> Path:
+    path = _expand_absolute(value, "socket path")
+    size = len(os.fsencode(path))
+    if size > SOCKET_PATH_MAX_BYTES:
+        _fail(
+            "socket_path_too_long",
+            f"socket path is {size} bytes; at most {SOCKET_PATH_MAX_BYTES} are allowed "
+            "because the kernel's sun_path field holds 108 bytes on Linux and 104 on "
+            "macOS - pick a shorter directory",
+        )
+    return path
+
+
+def _path_schema(description: str) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "format": "path", "description": description})
+
+
+AbsPath = Annotated[
+    Path,
+    PlainValidator(_abs_path),
+    PlainSerializer(str, return_type=str),
+    _path_schema("absolute path; a leading ~/ is expanded"),
+]
+SocketPath = Annotated[
+    Path,
+    PlainValidator(_socket_path),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "socket-path",
+            "maxLength": SOCKET_PATH_MAX_BYTES,
+            "description": (
+                f"absolute Unix socket path (~/ expanded), at most {SOCKET_PATH_MAX_BYTES} bytes"
+            ),
+        }
+    ),
+]
+
+
+def _to_matcher(value: Any) -> Matcher:
+    if isinstance(value, Matcher):
+        return value
+    if not isinstance(value, str):
+        _fail("matcher_type", f"a matcher must be a string, not {_type_name(value)}")
+    try:
+        return parse_matcher(value)
+    except MatcherError as exc:
+        _fail("matcher", str(exc))
+
+
+MatcherField = Annotated[
+    Matcher,
+    PlainValidator(_to_matcher),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "key-matcher",
+            "pattern": r"^\s*(SHA256:[A-Za-z0-9+/]{43}=?|comment:.+|type:.+)\s*$",
+            "description": "SHA256:<fingerprint>, comment:<glob> or type:<key type>",
+        }
+    ),
+]
+
+
+def _int_to_str(value: Any) -> Any:
+    """YAML reads ``token_label: 1234`` as a number; accept it as the text the user wrote."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_int_to_str)]
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_name(value: Any) -> str:
+    if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
+        _fail(
+            "env_name",
+            f"{value!r} is not an environment variable name (letters, digits and _, "
+            "not starting with a digit)",
+        )
+    return value
+
+
+EnvName = Annotated[
+    str,
+    PlainValidator(_env_name),
+    WithJsonSchema({"type": "string", "format": "env-var", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}),
+]
+
+_STORE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+_ACCOUNT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?")
+
+
+def _account(value: Any, kind: Literal["user", "group"]) -> int | str | None:
+    """A numeric id, or a name that must resolve on this host when host checks are on."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        _fail("account_type", f"{kind} must be a name or a number, not a boolean")
+    if isinstance(value, int):
+        if value < 0:
+            _fail("account_id", f"a numeric {kind} id must be >= 0")
+        return value
+    if not isinstance(value, str):
+        _fail("account_type", f"{kind} must be a name or a number, not {_type_name(value)}")
+    if value.isdigit():
+        return int(value)
+    if not _ACCOUNT_NAME.fullmatch(value):
+        _fail("account_name", f"{value!r} is not a valid {kind} name")
+    if host_checks_enabled():
+        try:
+            if kind == "user":
+                pwd.getpwnam(value)
+            else:
+                grp.getgrnam(value)
+        except KeyError:
+            _fail(
+                "account_unknown",
+                f"no {kind} named {value!r} on this host (use a numeric id, or "
+                "--no-path-checks to validate for another machine)",
+            )
+    return value
+
+
+Owner = Annotated[
+    int | str | None,
+    PlainValidator(lambda v: _account(v, "user")),
+    WithJsonSchema(
+        {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}, {"type": "null"}]}
+    ),
+]
+Group = Annotated[
+    int | str | None,
+    PlainValidator(lambda v: _account(v, "group")),
+    WithJsonSchema(
+        {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}, {"type": "null"}]}
+    ),
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+
+# --------------------------------------------------------------------------- agent
+
+
+def _from_profile(key: str) -> Any:
+    """Default factory: the default profile's value on this machine.
+
+    The loader always layers a profile over these, so they matter only when the model
+    is built directly; the schema shows no fixed default for them.
+    """
+    return lambda: profile_defaults(DEFAULT_PROFILE, detect_cpu_count())[key]
+
+
+class AgentSection(_Section):
+    """The main agent socket and its limits."""
+
+    socket: SocketPath = Field(
+        default_factory=default_socket_path,
+        description=(
+            "Unix socket the agent listens on (what SSH_AUTH_SOCK points to). "
+            "Default: $XDG_RUNTIME_DIR/secretivex/agent.sock, else ~/.secretivex/agent.sock."
+        ),
+        examples=["/run/user/1000/secretivex/agent.sock"],
+    )
+    profile: ProfileName = Field(
+        default="balanced",
+        description=(
+            "Workload preset ("
+            + ", ".join(PROFILE_NAMES)
+            + ") that supplies max_connections, max_signers, sign_timeout_ms, "
+            "idle_timeout_ms, identity_cache_ms and listen_backlog unless they are set."
+        ),
+        examples=["fanout"],
+    )
+    max_connections: int = Field(
+        default_factory=_from_profile("max_connections"),
+        ge=1,
+        description="Most client connections served at once (all sockets); more wait in the "
+        "listen backlog.",
+        examples=[4096],
+    )
+    max_signers: int = Field(
+        default_factory=_from_profile("max_signers"),
+        ge=1,
+        description="Most sign operations running at once; the rest wait in a queue.",
+        examples=[16],
+    )
+    sign_timeout_ms: int = Field(
+        default_factory=_from_profile("sign_timeout_ms"),
+        ge=0,
+        description="Fail a sign request that waited this long for a signer slot; 0 = wait "
+        "as long as the client does.",
+        examples=[500],
+    )
+    idle_timeout_ms: int = Field(
+        default_factory=_from_profile("idle_timeout_ms"),
+        ge=0,
+        description="Close a client connection idle this long; 0 = never.",
+        examples=[10000],
+    )
+    identity_cache_ms: int = Field(
+        default_factory=_from_profile("identity_cache_ms"),
+        ge=0,
+        description="Reuse a key listing for this long before asking the stores again; "
+        "0 = ask every time.",
+        examples=[5000],
+    )
+    listen_backlog: int = Field(
+        default_factory=_from_profile("listen_backlog"),
+        ge=1,
+        description="listen(2) backlog of each socket: connections the kernel holds while "
+        "the agent is busy (capped by net.core.somaxconn).",
+        examples=[2048],
+    )
+    allow_add: bool = Field(
+        default=True,
+        description="Let ssh-add add keys to the in-memory store through the main socket.",
+        examples=[False],
+    )
+    allow_lock: bool = Field(
+        default=True,
+        description="Let ssh-add -x/-X lock and unlock the agent through the main socket.",
+        examples=[False],
+    )
+    pkcs11_allowlist: list[str] = Field(
+        default=["/usr/lib*/*", "/usr/local/lib*/*"],
+        description="Globs of PKCS#11 modules that ssh-add -s may load (like ssh-agent -P); "
+        "[] forbids ssh-add -s.",
+        examples=[["/usr/lib/x86_64-linux-gnu/*"]],
+    )
+
+    @field_validator("pkcs11_allowlist")
+    @classmethod
+    def _absolute_globs(cls, value: list[str]) -> list[str]:
+        out = []
+        for pattern in value:
+            expanded = str(Path(pattern).expanduser())
+            if not expanded.startswith("/"):
+                _fail(
+                    "glob_relative",
+                    f"allowlist pattern {pattern!r} must be an absolute path glob",
+                )
+            out.append(expanded)
+        return out
+
+
+# --------------------------------------------------------------------------- stores
+
+
+def _at_most_one(model: BaseModel, *names: str, what: str = "") -> None:
+    present = [name for name in names if getattr(model, name) is not None]
+    if len(present) > 1:
+        listed = " and ".join(names) if len(names) == 2 else ", ".join(names)
+        suffix = f" ({what})" if what else ""
+        _fail("conflict", f"set only one of {listed}{suffix}", field=present[0])
+
+
+_STORE_NAME_DESCRIPTION = (
+    "Name used in logs, metrics and `client health`; default <type>-<index>, e.g. file-0."
+)
+
+
+def _store_name(value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not _STORE_NAME.fullmatch(value):
+        _fail(
+            "store_name",
+            f"store name {value!r} must be 1-64 letters, digits, '_', '.', '@' or '-', "
+            "starting with a letter or digit",
+        )
+    return value
+
+
+StoreName = Annotated[
+    str,
+    PlainValidator(_store_name),
+    WithJsonSchema({"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"}),
+]
+
+
+class FileStore(_Section):
+    """OpenSSH private key files (and directories of them)."""
+
+    type: Literal["file"] = Field(description="Store kind.", examples=["file"])
+    name: StoreName = Field(default="", description=_STORE_NAME_DESCRIPTION, examples=["laptop"])
+    paths: list[AbsPath] = Field(
+        default=[Path("~/.ssh")],
+        min_length=1,
+        description="OpenSSH private key files, or directories holding them.",
+        examples=[["~/.ssh/id_ed25519", "/etc/secretivex/keys"]],
+    )
+    passphrase_env: EnvName | None = Field(
+        default=None,
+        description="Environment variable holding the passphrase of encrypted keys.",
+        examples=["SECRETIVEX_KEY_PASSPHRASE"],
+    )
+    passphrase_file: AbsPath | None = Field(
+        default=None,
+        description="File whose first line is the passphrase (e.g. a systemd credential).",
+        examples=["/run/credentials/secretivex.service/passphrase"],
+    )
+
+    @model_validator(mode="after")
+    def _one_passphrase(self) -> Self:
+        _at_most_one(self, "passphrase_env", "passphrase_file")
+        return self
+
+
+class Pkcs11Store(_Section):
+    """Keys on a PKCS#11 token (SoftHSM, YubiKey PIV, HSMs)."""
+
+    type: Literal["pkcs11"] = Field(description="Store kind.", examples=["pkcs11"])
+    name: StoreName = Field(default="", description=_STORE_NAME_DESCRIPTION, examples=["hsm"])
+    module: AbsPath = Field(
+        description="The PKCS#11 module (.so) to load; must exist unless path checks are off.",
+        examples=["/usr/lib/softhsm/libsofthsm2.so"],
+    )
+    token_label: Text | None = Field(
+        default=None,
+        description="Pick the token by label. Set at most one of token_label, token_serial, "
+        "slot; none = the first slot with a token.",
+        examples=["ci"],
+    )
+    token_serial: Text | None = Field(
+        default=None, description="Pick the token by serial number.", examples=["a1b2c3d4e5f6"]
+    )
+    slot: int | None = Field(
+        default=None, ge=0, description="Pick the token by slot id.", examples=[0]
+    )
+    pin_env: EnvName | None = Field(
+        default=None,
+        description="Environment variable holding the user PIN. Set at most one of pin_env "
+        "and pin_file; none = the token needs no login.",
+        examples=["SECRETIVEX_PKCS11_PIN"],
+    )
+    pin_file: AbsPath | None = Field(
+        default=None,
+        description="File whose first line is the user PIN.",
+        examples=["/run/credentials/secretivex.service/pin"],
+    )
+
+    @field_validator("module")
+    @classmethod
+    def _module_exists(cls, value: Path) -> Path:
+        if host_checks_enabled() and not value.is_file():
+            _fail(
+                "module_missing",
+                f"PKCS#11 module {str(value)!r} does not exist (install it, fix the path, or "
+                "use --no-path-checks to validate for another machine)",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _selectors(self) -> Self:
+        _at_most_one(self, "token_label", "token_serial", "slot", what="they pick the token")
+        _at_most_one(self, "pin_env", "pin_file")
+        return self
+
+
+class UpstreamStore(_Section):
+    """Another SSH agent whose keys are re-served (filtered by policy and scopes)."""
+
+    type: Literal["upstream"] = Field(description="Store kind.", examples=["upstream"])
+    name: StoreName = Field(default="", description=_STORE_NAME_DESCRIPTION, examples=["forwarded"])
+    socket: SocketPath = Field(
+        description="The upstream agent's socket.", examples=["/run/user/1000/ssh-agent.sock"]
+    )
+    timeout_ms: int = Field(
+        default=5000,
+        ge=0,
+        description="Give up on an upstream request after this long; 0 = no timeout.",
+        examples=[2000],
+    )
+
+
+StoreConfig = Annotated[FileStore | Pkcs11Store | UpstreamStore, Field(discriminator="type")]
+STORE_TYPES: tuple[str, ...] = ("file", "pkcs11", "upstream")
+
+# --------------------------------------------------------------------------- policy
+
+
+class ConfirmSection(_Section):
+    """Ask an external program before a sign; other clients are never blocked meanwhile."""
+
+    command: list[Text] = Field(
+        default=[],
+        description="argv of the approval program (no shell); exit 0 allows, anything else "
+        "denies. Empty = no confirmation.",
+        examples=[["/usr/local/bin/approve", "--title", "SSH sign"]],
+    )
+    timeout_ms: int = Field(
+        default=30000,
+        ge=1,
+        description="Deny when the program has not answered after this long.",
+        examples=[15000],
+    )
+    cache_ms: int = Field(
+        default=0,
+        ge=0,
+        description="After an approval, skip asking again for the same key and peer for this "
+        "long; 0 = ask every time.",
+        examples=[300000],
+    )
+    keys: list[MatcherField] = Field(
+        default=[],
+        description="Which keys need confirmation (matchers); empty = every key.",
+        examples=[["comment:prod-*"]],
+    )
+
+    @field_validator("command")
+    @classmethod
+    def _program(cls, value: list[str]) -> list[str]:
+        if not value:
+            return value
+        program = _expand_absolute(value[0], "the confirm program (command[0])")
+        if host_checks_enabled() and not (program.is_file() and os.access(program, os.X_OK)):
+            _fail(
+                "program_missing",
+                f"confirm program {str(program)!r} is not an executable file (or use "
+                "--no-path-checks to validate for another machine)",
+            )
+        return [str(program), *value[1:]]
+
+
+class PolicySection(_Section):
+    """Which keys may be used, and which need a confirmation."""
+
+    allow: list[MatcherField] = Field(
+        default=[],
+        description="If not empty, only keys matching one of these are listed and used.",
+        examples=[["comment:*@example.com", "type:ssh-ed25519"]],
+    )
+    deny: list[MatcherField] = Field(
+        default=[],
+        description="Keys matching any of these are never listed or used (deny wins over allow).",
+        examples=[["SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"]],
+    )
+    confirm: ConfirmSection = Field(
+        default_factory=ConfirmSection,
+        description="Confirmation hook.",
+    )
+
+    @model_validator(mode="after")
+    def _confirm_needs_command(self) -> Self:
+        if self.confirm.keys and not self.confirm.command:
+            _fail(
+                "confirm_without_command",
+                "confirm.keys is set but confirm.command is empty: name the approval program",
+                field="confirm.keys",
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- listeners
+
+_MODE = re.compile(r"[0-7]{3,4}")
+
+
+def _mode(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        _fail(
+            "mode_type",
+            'write mode as a quoted octal string, e.g. mode: "0660" (YAML reads an '
+            f"unquoted 0660 as the number 432; got {value})",
+        )
+    if not isinstance(value, str) or not _MODE.fullmatch(value):
+        _fail("mode", f'mode must be 3 or 4 octal digits like "0660", got {value!r}')
+    bits = int(value, 8)
+    if bits > 0o777:
+        _fail("mode", f"mode {value} sets setuid/setgid/sticky bits, which sockets ignore")
+    if bits & 0o600 != 0o600:
+        _fail("mode", f"mode {value} must give the owner read and write (0600 at least)")
+    return f"{bits:04o}"
+
+
+OctalMode = Annotated[
+    str,
+    PlainValidator(_mode),
+    WithJsonSchema({"type": "string", "pattern": "^[0-7]{3,4}$"}),
+]
+
+
+class PeersSection(_Section):
+    """Who may connect, checked with SO_PEERCRED on every connection."""
+
+    uids: list[Annotated[int, Field(ge=0)]] = Field(
+        default=[],
+        description="Peer user ids allowed. When uids and gids are both empty: the agent's "
+        "own uid and root.",
+        examples=[[1000, 1001]],
+    )
+    gids: list[Annotated[int, Field(ge=0)]] = Field(
+        default=[],
+        description="Peer primary group ids allowed (any peer whose gid is listed).",
+        examples=[[998]],
+    )
+
+
+class ListenerSection(_Section):
+    """An extra socket with its own key scope and peer checks."""
+
+    socket: SocketPath = Field(
+        description="Path of this socket; unique, and not the agent's main socket.",
+        examples=["/run/secretivex/ci.sock"],
+    )
+    mode: OctalMode = Field(
+        default="0600",
+        description='Permission bits of the socket file, as a quoted octal string ("0660").',
+        examples=["0660"],
+    )
+    owner: Owner = Field(
+        default=None,
+        description="Owner of the socket file: user name or uid; null = the agent's user.",
+        examples=[1000],
+    )
+    group: Group = Field(
+        default=None,
+        description="Group of the socket file: group name or gid; null = the agent's group.",
+        examples=["docker"],
+    )
+    keys: list[MatcherField] = Field(
+        default=[],
+        description="Keys this socket can see and use (matchers); empty = every key the "
+        "policy allows.",
+        examples=[["comment:ci-*"]],
+    )
+    peers: PeersSection = Field(
+        default_factory=PeersSection, description="Peer credential allowlist."
+    )
+    allow_add: bool = Field(
+        default=False, description="Let clients of this socket add keys (ssh-add).", examples=[True]
+    )
+    allow_lock: bool = Field(
+        default=False,
+        description="Let clients of this socket lock/unlock the agent.",
+        examples=[True],
+    )
+
+    @property
+    def mode_bits(self) -> int:
+        return int(self.mode, 8)
+
+
+# --------------------------------------------------------------------------- observability
+
+
+class MetricsSection(_Section):
+    """Metrics snapshots (JSON) and Prometheus text."""
+
+    path: AbsPath | None = Field(
+        default=None,
+        description="Write a JSON metrics snapshot here (atomically); null = off.",
+        examples=["/run/secretivex/metrics.json"],
+    )
+    interval_ms: int = Field(
+        default=1000,
+        ge=100,
+        description="How often snapshots are written.",
+        examples=[5000],
+    )
+    prometheus_textfile: AbsPath | None = Field(
+        default=None,
+        description="Also write Prometheus text here (node_exporter textfile collector); "
+        "must end in .prom; null = off.",
+        examples=["/var/lib/node_exporter/textfile/secretivex.prom"],
+    )
+
+    @field_validator("prometheus_textfile")
+    @classmethod
+    def _prom_suffix(cls, value: Path | None) -> Path | None:
+        if value is not None and value.suffix != ".prom":
+            _fail(
+                "prom_suffix",
+                "node_exporter's textfile collector only reads files ending in .prom",
+            )
+        return value
+
+
+def _audit_path(value: Any) -> str | None:
+    if value is None:
+        return None
+    if value == "-":
+        return "-"
+    return str(_expand_absolute(value, "audit path"))
+
+
+class AuditSection(_Section):
+    """Audit log: one JSON object per request decision."""
+
+    path: Annotated[
+        str | None,
+        PlainValidator(_audit_path),
+        WithJsonSchema(
+            {"anyOf": [{"const": "-"}, {"type": "string", "format": "path"}, {"type": "null"}]}
+        ),
+    ] = Field(
+        default=None,
+        description='JSON-lines audit log file; "-" = stderr; null = off.',
+        examples=["/var/log/secretivex/audit.jsonl"],
+    )
+
+
+_LEVEL_ALIASES = {"warn": "warning", "fatal": "critical"}
+
+
+def _level(value: Any) -> Any:
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        return _LEVEL_ALIASES.get(lowered, lowered)
+    return value
+
+
+class LoggingSection(_Section):
+    """Diagnostic logs on stderr."""
+
+    level: Annotated[
+        Literal["debug", "info", "warning", "error", "critical"], BeforeValidator(_level)
+    ] = Field(default="info", description="Least severe level logged.", examples=["debug"])
+    format: Literal["text", "json"] = Field(
+        default="text",
+        description="text for people, json (one object per line) for log collectors.",
+        examples=["json"],
+    )
+
+
+# --------------------------------------------------------------------------- root
+
+
+def _default_stores() -> list[StoreConfig]:
+    return [FileStore(type="file", name="file-0")]
+
+
+class SecretivexConfig(BaseSettings):
+    """The whole effective configuration.
+
+    Build it with ``secretivex.config.load_config`` (all layers, with sources) rather
+    than directly: constructing it directly gives built-in defaults plus what you pass,
+    without profile defaults, files or environment.
+    """
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        env_prefix="SECRETIVEX_",
+        env_nested_delimiter="__",
+        case_sensitive=True,
+        title="secretivex configuration",
+    )
+
+    agent: AgentSection = Field(default_factory=AgentSection, description="The agent itself.")
+    stores: list[StoreConfig] = Field(
+        default_factory=_default_stores,
+        description="Key stores, in listing order. Default: one file store over ~/.ssh. "
+        "Keys added with ssh-add live in an implicit memory store listed last.",
+    )
+    policy: PolicySection = Field(default_factory=PolicySection, description="Key policy.")
+    listeners: list[ListenerSection] = Field(
+        default=[], description="Extra sockets, e.g. one per container or team."
+    )
+    metrics: MetricsSection = Field(default_factory=MetricsSection, description="Metrics.")
+    audit: AuditSection = Field(default_factory=AuditSection, description="Audit log.")
+    logging: LoggingSection = Field(default_factory=LoggingSection, description="Logging.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The layered loader is the one place that reads files and SECRETIVEX_* variables
+        # (it records where every value came from); the model only validates.
+        return (init_settings,)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_store_names(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("stores"), list):
+            return data
+        stores = []
+        for index, item in enumerate(data["stores"]):
+            if isinstance(item, dict) and item.get("name") in (None, ""):
+                kind = item.get("type")
+                prefix = kind if isinstance(kind, str) and kind in STORE_TYPES else "store"
+                item = {**item, "name": f"{prefix}-{index}"}
+            stores.append(item)
+        return {**data, "stores": stores}
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Self:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        names: dict[str, int] = {}
+        for index, store in enumerate(self.stores):
+            if store.name in names:
+                problems.append(
+                    (
+                        ("stores", index, "name"),
+                        f"store name {store.name!r} is already used by stores[{names[store.name]}]",
+                    )
+                )
+            else:
+                names[store.name] = index
+        own = self.agent.socket
+        sockets: dict[Path, int] = {}
+        for index, listener in enumerate(self.listeners):
+            where = ("listeners", index, "socket")
+            if listener.socket == own:
+                problems.append((where, "this is the agent's main socket (agent.socket)"))
+            elif listener.socket in sockets:
+                problems.append(
+                    (where, f"socket already used by listeners[{sockets[listener.socket]}]")
+                )
+            else:
+                sockets[listener.socket] = index
+        for index, store in enumerate(self.stores):
+            if isinstance(store, UpstreamStore) and (
+                store.socket == own or store.socket in sockets
+            ):
+                problems.append(
+                    (
+                        ("stores", index, "socket"),
+                        "upstream socket is one of this agent's own sockets: requests would "
+                        "loop back into the agent",
+                    )
+                )
+        if problems:
+            _fail(
+                "cross_check",
+                "; ".join(f"{_dotted(loc)}: {msg}" for loc, msg in problems),
+                problems=problems,
+            )
+        return self
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
