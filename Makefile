@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-unit lint format image bench system-deps clean
+.PHONY: help venv run test test-unit lint format image bench system-deps clean gen
 
 help:
 	@echo "make run    - install into $(VENV) and run the agent on its zero-config default"
@@ -36,6 +36,7 @@ test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
+	$(BIN)/python ci/gen-config-docs.py --check
 	$(BIN)/ruff check secretivex tests
 	$(BIN)/ruff format --check secretivex tests
 	$(BIN)/mypy
@@ -53,3 +54,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist .build *.egg-info
+
+gen: $(STAMP)
+	$(BIN)/python ci/gen-config-docs.py
