@@ -41,25 +41,52 @@ def sshd_path() -> str:
     return "sshd"
 
 
-def run(argv: Sequence[str], *, env: dict[str, str] | None = None, check: bool = True,
-        input: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    input: bytes | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        list(argv), env=env, capture_output=True, text=True, timeout=timeout,
+        list(argv),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         input=input.decode() if input is not None else None,
     )
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"{' '.join(argv)} exited {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+            f"{' '.join(argv)} exited {proc.returncode}\n"
+            f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
         )
     return proc
 
 
-def keygen(directory: Path, name: str, key_type: str = "ed25519", bits: int | None = None,
-           comment: str | None = None, passphrase: str = "") -> Path:
+def keygen(
+    directory: Path,
+    name: str,
+    key_type: str = "ed25519",
+    bits: int | None = None,
+    comment: str | None = None,
+    passphrase: str = "",
+) -> Path:
     """A fresh key made by the real ssh-keygen; returns the private key path."""
     path = directory / name
-    argv = ["ssh-keygen", "-q", "-t", key_type, "-N", passphrase, "-C", comment or name,
-            "-f", str(path)]
+    argv = [
+        "ssh-keygen",
+        "-q",
+        "-t",
+        key_type,
+        "-N",
+        passphrase,
+        "-C",
+        comment or name,
+        "-f",
+        str(path),
+    ]
     if bits:
         argv[4:4] = ["-b", str(bits)]
     run(argv)
@@ -76,7 +103,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_socket(path: Path, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_socket(
+    path: Path, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -123,23 +152,34 @@ class AgentProcess:
                 self.proc.wait()
         return self.proc.returncode
 
-    def ssh_add(self, *args: str, check: bool = True, input: bytes | None = None,
-                extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def ssh_add(
+        self,
+        *args: str,
+        check: bool = True,
+        input: bytes | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         env = self.env
         if extra_env:
             env.update(extra_env)
         return run(["ssh-add", *args], env=env, check=check, input=input)
 
 
-def start_agent(tmp: Path, *args: str, env: dict[str, str] | None = None,
-                socket_path: Path | None = None, wait: bool = True) -> AgentProcess:
+def start_agent(
+    tmp: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    socket_path: Path | None = None,
+    wait: bool = True,
+) -> AgentProcess:
     home = tmp / "home"
     home.mkdir(exist_ok=True, mode=0o700)
     sock = socket_path or tmp / "run" / "agent.sock"
     log_path = tmp / f"agent-{time.monotonic_ns()}.log"
     full_env = dict(os.environ)
-    full_env.update({"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
-                     "PYTHONUNBUFFERED": "1"})
+    full_env.update(
+        {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "PYTHONUNBUFFERED": "1"}
+    )
     full_env.pop("SECRETIVEX_CONFIG", None)
     full_env.pop("XDG_RUNTIME_DIR", None)
     if env:
@@ -147,7 +187,10 @@ def start_agent(tmp: Path, *args: str, env: dict[str, str] | None = None,
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [SECRETIVEX, "agent", "--socket", str(sock), *args],
-            stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            start_new_session=True,
         )
     agent = AgentProcess(sock, home, proc, log_path, extra_env=env or {})
     if wait:
@@ -179,12 +222,27 @@ class Sshd:
 
     def ssh_argv(self, *extra: str, known_hosts: Path | None = None) -> list[str]:
         return [
-            "ssh", "-F", "/dev/null", "-p", str(self.port),
-            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=no",
-            "-o", f"UserKnownHostsFile={known_hosts or self.known_hosts}",
-            "-o", "StrictHostKeyChecking=yes", "-o", "PasswordAuthentication=no",
-            "-o", "KbdInteractiveAuthentication=no", "-o", "ConnectTimeout=10",
-            *extra, f"{self.user}@127.0.0.1",
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-p",
+            str(self.port),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=no",
+            "-o",
+            f"UserKnownHostsFile={known_hosts or self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "PasswordAuthentication=no",
+            "-o",
+            "KbdInteractiveAuthentication=no",
+            "-o",
+            "ConnectTimeout=10",
+            *extra,
+            f"{self.user}@127.0.0.1",
         ]
 
 
@@ -209,8 +267,12 @@ def start_sshd(tmp: Path, authorized_keys: Sequence[str], *, name: str = "sshd")
     Path("/run/sshd").mkdir(exist_ok=True)
     log_path = base / "sshd.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sshd_path(), "-D", "-e", "-f", str(config)], stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sshd_path(), "-D", "-e", "-f", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
@@ -220,6 +282,8 @@ def start_sshd(tmp: Path, authorized_keys: Sequence[str], *, name: str = "sshd")
         time.sleep(0.05)
     host_pub = base / "host_ed25519.pub"
     known = base / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{port} {host_pub.read_text().split(' ', 2)[0]} "
-                     f"{host_pub.read_text().split()[1]}\n")
+    known.write_text(
+        f"[127.0.0.1]:{port} {host_pub.read_text().split(' ', 2)[0]} "
+        f"{host_pub.read_text().split()[1]}\n"
+    )
     return Sshd(port, user, host_pub, known, proc, log_path)

@@ -6,6 +6,7 @@ outcomes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -32,10 +33,8 @@ class AuditLog:
         if self._fh is None:
             return
         fields["time"] = time.time()
-        try:
+        with contextlib.suppress(OSError):  # a full disk must never take signing down
             self._fh.write(orjson.dumps(fields) + b"\n")
-        except OSError:
-            pass  # a full disk must never take signing down
 
     def close(self) -> None:
         if self._fh is not None and self._fh is not sys.stderr.buffer:

@@ -48,8 +48,11 @@ async def serve_connection(
         raw: socket.socket = stream.extra(SocketAttribute.raw_socket)
         if tracker.active >= tracker.max_connections:
             metrics.on_connection_rejected("max_connections")
-            log.warning("connection refused on %s: max_connections=%d reached",
-                        listener.path, tracker.max_connections)
+            log.warning(
+                "connection refused on %s: max_connections=%d reached",
+                listener.path,
+                tracker.max_connections,
+            )
             return
         try:
             peer = peer_credentials(raw)
@@ -60,12 +63,22 @@ async def serve_connection(
         if not listener.admits(peer):
             metrics.on_connection_rejected("peer_denied")
             dispatcher.audit.record(
-                socket=str(listener.path), listener=listener.name, request="connect",
-                outcome="peer_denied", peer_uid=peer.uid, peer_gid=peer.gid, peer_pid=peer.pid,
+                socket=str(listener.path),
+                listener=listener.name,
+                request="connect",
+                outcome="peer_denied",
+                peer_uid=peer.uid,
+                peer_gid=peer.gid,
+                peer_pid=peer.pid,
                 peer_exe=ctx.provenance()[0],
             )
-            log.warning("refused peer uid=%d gid=%d pid=%d on %s", peer.uid, peer.gid, peer.pid,
-                        listener.path)
+            log.warning(
+                "refused peer uid=%d gid=%d pid=%d on %s",
+                peer.uid,
+                peer.gid,
+                peer.pid,
+                listener.path,
+            )
             return
         tracker.active += 1
         metrics.on_connection_open()
@@ -94,8 +107,12 @@ async def serve_connection(
                     # Pipelined requests: answer in order, one write for the batch.
                     replies = [await dispatcher.handle(ctx, p) for p in payloads]
                     await stream.send(b"".join(replies))
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
-                ConnectionError):
+        except (
+            anyio.EndOfStream,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+            ConnectionError,
+        ):
             pass
         finally:
             tracker.active -= 1

@@ -20,6 +20,7 @@ from secretivex.agent.audit import AuditLog
 from secretivex.agent.listeners import ListenerSpec
 from secretivex.agent.lock import AgentLock
 from secretivex.keys import KeyLoadError, key_from_wire, verify_signature
+from secretivex.metrics import MetricsRecorder
 from secretivex.policy import confirm as confirm_outcomes
 from secretivex.policy.confirm import ConfirmRequest
 from secretivex.policy.destination import DestinationCheck, SessionBinding, check_destination
@@ -64,14 +65,6 @@ class Limits:
         self.sign_timeout_s = sign_timeout_ms / 1000 if sign_timeout_ms > 0 else None
 
 
-class _NullMetrics:
-    def on_request(self, kind: str, outcome: str, latency_ns: int) -> None: ...
-    def on_queue_wait(self, ns: int) -> None: ...
-    def on_sign(self, store: str) -> None: ...
-    def on_confirm(self, outcome: str, reason: str | None = None) -> None: ...
-    def on_list_cache(self, hit: bool) -> None: ...
-
-
 class Outcome(Exception):
     """Raised inside a handler to end the request with a failure reply and an outcome code."""
 
@@ -93,7 +86,7 @@ class Dispatcher:
         *,
         allow_add: bool = True,
         pkcs11_allowlist: tuple[str, ...] = ("/usr/lib*/*", "/usr/local/lib*/*"),
-        metrics: Any = None,
+        metrics: MetricsRecorder | None = None,
         audit: AuditLog | None = None,
         health: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
@@ -102,7 +95,7 @@ class Dispatcher:
         self.limits = limits
         self.allow_add = allow_add
         self.pkcs11_allowlist = pkcs11_allowlist
-        self.metrics = metrics or _NullMetrics()
+        self.metrics = metrics or MetricsRecorder()
         self.audit = audit or AuditLog(None)
         self.health = health or (lambda: {})
         self.lock = AgentLock()
@@ -239,7 +232,9 @@ class Dispatcher:
         self.metrics.on_sign(store.name)
         return protocol.encode_sign_response(signature)
 
-    async def _sign_slow(self, store: KeyStore, ident: Identity, req: protocol.SignRequest) -> bytes:
+    async def _sign_slow(
+        self, store: KeyStore, ident: Identity, req: protocol.SignRequest
+    ) -> bytes:
         queued = time.perf_counter_ns()
         with anyio.move_on_after(self.limits.sign_timeout_s) as scope:
             async with self.limits.signers:
@@ -303,8 +298,14 @@ class Dispatcher:
         ident = self.registry.memory.add(
             key, req.comment, lifetime_s=c.lifetime, confirm=c.confirm, constraints=extra
         )
-        log.info("added key %s %s (lifetime=%s confirm=%s destinations=%d)", ident.fingerprint,
-                 req.comment, c.lifetime, c.confirm, len(extra))
+        log.info(
+            "added key %s %s (lifetime=%s confirm=%s destinations=%d)",
+            ident.fingerprint,
+            req.comment,
+            c.lifetime,
+            c.confirm,
+            len(extra),
+        )
         return SUCCESS
 
     async def remove_identity(self, ctx: ConnectionContext, req: protocol.RemoveIdentity) -> bytes:
@@ -329,24 +330,29 @@ class Dispatcher:
         self._may_add(ctx)
         if req.constraints.lifetime or req.constraints.confirm or req.constraints.extensions:
             raise Outcome("unsupported", "constraints on smartcard keys are not supported")
-        from secretivex.stores.pkcs11 import open_smartcard, same_module
+        from secretivex.stores.pkcs11 import open_smartcard
 
-        if any(same_module(s, req.reader_id) for s in self.registry.smartcards):
+        if self._smartcards_of(req.reader_id):
             raise Outcome("add_refused", "module already added")
         try:
-            stores = await open_smartcard(req.reader_id, req.pin, self.pkcs11_allowlist)
+            store = await open_smartcard(req.reader_id, req.pin, self.pkcs11_allowlist)
         except StoreError as exc:
             raise Outcome("add_refused", str(exc)) from None
-        self.registry.smartcards.extend(stores)
+        self.registry.smartcards.append(store)
         return SUCCESS
+
+    def _smartcards_of(self, module: str) -> list[KeyStore]:
+        from secretivex.stores.pkcs11 import same_module
+
+        return [
+            s for s in self.registry.smartcards if same_module(getattr(s, "module", ""), module)
+        ]
 
     async def remove_smartcard(
         self, ctx: ConnectionContext, req: protocol.RemoveSmartcardKey
     ) -> bytes:
         self._may_add(ctx)
-        from secretivex.stores.pkcs11 import same_module
-
-        matching = [s for s in self.registry.smartcards if same_module(s, req.reader_id)]
+        matching = self._smartcards_of(req.reader_id)
         if not matching:
             raise Outcome("not_found")
         for store in matching:
@@ -376,7 +382,9 @@ class Dispatcher:
 
     async def extension(self, ctx: ConnectionContext, req: protocol.Extension) -> bytes:
         if req.name == QUERY_EXTENSION:
-            return _extension_reply(QUERY_EXTENSION, protocol.encode_query_reply(SUPPORTED_EXTENSIONS))
+            return _extension_reply(
+                QUERY_EXTENSION, protocol.encode_query_reply(SUPPORTED_EXTENSIONS)
+            )
         if req.name == SESSION_BIND_EXTENSION:
             return self._session_bind(ctx, req)
         if req.name == HEALTH_EXTENSION:

@@ -62,7 +62,11 @@ class ListenerSpec:
 
     def same_socket(self, other: ListenerSpec) -> bool:
         return (self.path, self.mode, self.owner, self.group) == (
-            other.path, other.mode, other.owner, other.group)
+            other.path,
+            other.mode,
+            other.owner,
+            other.group,
+        )
 
 
 def supplementary_groups(pid: int) -> frozenset[int]:
@@ -152,8 +156,11 @@ def bind_listener(spec: ListenerSpec, backlog: int = 512) -> socket.socket:
             os.umask(old_umask)
         os.chmod(path, spec.mode)
         if spec.owner is not None or spec.group is not None:
-            os.chown(path, -1 if spec.owner is None else spec.owner,
-                     -1 if spec.group is None else spec.group)
+            os.chown(
+                path,
+                -1 if spec.owner is None else spec.owner,
+                -1 if spec.group is None else spec.group,
+            )
         sock.listen(backlog)
         sock.setblocking(False)
     except ListenerError:

@@ -18,8 +18,9 @@ _MAX_FAIL_DELAY_S = 10.0
 
 
 def _hash(passphrase: bytes, salt: bytes) -> bytes:
-    return bcrypt.kdf(passphrase, salt, desired_key_bytes=32, rounds=_ROUNDS,
-                      ignore_few_rounds=True)
+    return bcrypt.kdf(
+        passphrase, salt, desired_key_bytes=32, rounds=_ROUNDS, ignore_few_rounds=True
+    )
 
 
 class AgentLock:

@@ -27,6 +27,7 @@ from secretivex.agent.listeners import (
     unlink_socket,
 )
 from secretivex.config.matchers import parse_matcher
+from secretivex.metrics import MetricsRecorder, run_metrics_writer
 from secretivex.policy.engine import Policy
 from secretivex.stores.base import KeyStore, StoreError
 from secretivex.stores.registry import StoreRegistry
@@ -173,11 +174,7 @@ class Agent:
         self._stopped = anyio.Event()
 
     @staticmethod
-    def _build_metrics(config: Any) -> Any:
-        try:
-            from secretivex.metrics import MetricsRecorder
-        except ImportError:
-            return None
+    def _build_metrics(config: Any) -> MetricsRecorder:
         return MetricsRecorder(profile=config.agent.profile)
 
     def _health_extra(self) -> dict[str, Any]:
@@ -256,10 +253,14 @@ class Agent:
     # -- listeners --------------------------------------------------------------------
 
     async def _start_listener(self, spec: ListenerSpec) -> None:
-        inherited = self._inherited.pop(spec.name, None) or self._inherited.pop(str(spec.path), None)
+        inherited = self._inherited.pop(spec.name, None) or self._inherited.pop(
+            str(spec.path), None
+        )
         try:
-            sock = inherited if inherited is not None else bind_listener(
-                spec, getattr(self.config.agent, "listen_backlog", 512)
+            sock = (
+                inherited
+                if inherited is not None
+                else bind_listener(spec, getattr(self.config.agent, "listen_backlog", 512))
             )
         except ListenerError as exc:
             raise AgentStartupError(str(exc)) from None
@@ -285,7 +286,11 @@ class Agent:
                         await anyio.sleep(0.1)
                         continue
                     conn_tg.start_soon(
-                        serve_connection, stream, serving.spec, self.dispatcher, self.tracker,
+                        serve_connection,
+                        stream,
+                        serving.spec,
+                        self.dispatcher,
+                        self.tracker,
                         self.idle_timeout_s,
                     )
 
@@ -302,40 +307,27 @@ class Agent:
                 if signum == signal.SIGHUP:
                     await self.reload()
                 elif signum == signal.SIGUSR1:
-                    self._write_metrics("snapshot")
+                    self.metrics.request_write("snapshot")
                 elif signum == signal.SIGUSR2:
-                    if self.metrics is not None:
-                        self.metrics.reset()
-                    self._write_metrics("reset")
+                    self.metrics.request_write("reset")
 
     # -- metrics ----------------------------------------------------------------------
 
     def _start_metrics_writer(self, tg: TaskGroup) -> None:
         mcfg = self.config.metrics
-        if self.metrics is None or not (mcfg.path or mcfg.prometheus_textfile):
+        if not (mcfg.path or mcfg.prometheus_textfile):
             return
-        from secretivex.metrics import run_metrics_writer
+        tg.start_soon(self._metrics_loop)
 
-        tg.start_soon(self._metrics_loop, run_metrics_writer)
-
-    async def _metrics_loop(self, writer: Callable[..., Any]) -> None:
+    async def _metrics_loop(self) -> None:
         mcfg = self.config.metrics
-        await writer(
+        await run_metrics_writer(
             self.metrics,
             mcfg.path,
             mcfg.interval_ms,
             mcfg.prometheus_textfile,
             health=self.registry.health,
         )
-
-    def _write_metrics(self, kind: str) -> None:
-        mcfg = self.config.metrics
-        if self.metrics is None or not (mcfg.path or mcfg.prometheus_textfile):
-            return
-        from secretivex.metrics import write_metrics_files
-
-        self.metrics.set_store_health(self.registry.health())
-        write_metrics_files(self.metrics.snapshot(kind), mcfg.path, mcfg.prometheus_textfile)
 
     # -- reload -----------------------------------------------------------------------
 
@@ -411,8 +403,11 @@ def _update_spec(current: ListenerSpec, new: ListenerSpec) -> None:
     if (current.mode, current.owner, current.group) != (new.mode, new.owner, new.group):
         os.chmod(current.path, new.mode)
         if new.owner is not None or new.group is not None:
-            os.chown(current.path, -1 if new.owner is None else new.owner,
-                     -1 if new.group is None else new.group)
+            os.chown(
+                current.path,
+                -1 if new.owner is None else new.owner,
+                -1 if new.group is None else new.group,
+            )
     current.mode, current.owner, current.group = new.mode, new.owner, new.group
     current.keys = new.keys
     current.peer_uids, current.peer_gids = new.peer_uids, new.peer_gids

@@ -45,11 +45,13 @@ def load_agent_config(
     if socket is not None:
         overrides["agent.socket"] = str(socket.expanduser().absolute())
         flags["agent.socket"] = "--socket"
-    request = LoadRequest(config_files=tuple(config_files), cli_overrides=overrides,
-                          cli_flags=flags)
+    request = LoadRequest(
+        config_files=tuple(config_files), cli_overrides=overrides, cli_flags=flags
+    )
     cli_store = (
-        FileStore(type="file", name="cli", paths=[str(k.expanduser().absolute()) for k in keys])
-        if keys else None
+        FileStore(type="file", name="cli", paths=[k.expanduser().absolute() for k in keys])
+        if keys
+        else None
     )
 
     def reload() -> Any:
@@ -65,7 +67,10 @@ def load_agent_config(
 def agent(
     ctx: typer.Context,
     config: list[Path] = typer.Option(
-        [], "--config", "-c", metavar="FILE",
+        [],
+        "--config",
+        "-c",
+        metavar="FILE",
         help="Config file layered over the system/user ones (repeatable, later wins). "
         "Default: $SECRETIVEX_CONFIG (colon-separated).",
     ),
@@ -73,12 +78,16 @@ def agent(
         None, "--socket", "-a", metavar="PATH", help="Main socket path (overrides agent.socket)."
     ),
     key: list[Path] = typer.Option(
-        [], "--key", "-k", metavar="PATH",
+        [],
+        "--key",
+        "-k",
+        metavar="PATH",
         help="Serve this private key file or directory too (repeatable; added as a file store "
         "named 'cli').",
     ),
     print_env: bool = typer.Option(
-        False, "--print-env",
+        False,
+        "--print-env",
         help="Print 'SSH_AUTH_SOCK=...; export SSH_AUTH_SOCK;' on stdout once listening.",
     ),
 ) -> None:

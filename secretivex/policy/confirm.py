@@ -7,6 +7,7 @@ whole loop on askpass; we must not).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -78,8 +79,12 @@ async def run_confirm_command(
         env.update(extra_env)
     try:
         process = await anyio.open_process(
-            list(argv), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=None, start_new_session=True,
+            list(argv),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=None,
+            start_new_session=True,
         )
     except OSError as exc:
         log.warning("confirm command %s could not start: %s", argv[0], exc.strerror or exc)
@@ -89,10 +94,8 @@ async def run_confirm_command(
             code = await process.wait()
         if scope.cancelled_caught:
             with anyio.CancelScope(shield=True):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, 9)
-                except ProcessLookupError:
-                    pass
                 await process.wait()
             return TIMEOUT
     return ALLOW if code == 0 else DENY

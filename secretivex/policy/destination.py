@@ -177,7 +177,9 @@ def check_destination(
         return DestinationCheck(False, "destination-constrained key on an unbound connection")
     request = parse_userauth_request(data)
     if request is None or request.key_blob != ident.blob:
-        return DestinationCheck(False, "destination-constrained key asked to sign non-userauth data")
+        return DestinationCheck(
+            False, "destination-constrained key asked to sign non-userauth data"
+        )
     verdict = identity_permitted(ident, bindings, request.user)
     if not verdict.allowed:
         return verdict

@@ -55,16 +55,25 @@ def shared_dir() -> Iterator[Path]:
 
 def _fps(agent_env: dict[str, str], sock: Path) -> set[str]:
     out = run(["ssh-add", "-l"], env=dict(agent_env, SSH_AUTH_SOCK=str(sock)), check=False)
-    return {line.split()[1] for line in out.stdout.splitlines() if line.startswith(("256", "384", "3072"))}
+    return {
+        line.split()[1]
+        for line in out.stdout.splitlines()
+        if line.startswith(("256", "384", "3072"))
+    }
 
 
-def _sign(agent_env: dict[str, str], sock: Path, pub: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+def _sign(
+    agent_env: dict[str, str], sock: Path, pub: Path, tmp: Path
+) -> subprocess.CompletedProcess[str]:
     data = tmp / f"data-{time.monotonic_ns()}"
     data.write_text("payload")
     only_pub = tmp / f"only-{time.monotonic_ns()}.pub"
     only_pub.write_text(pub.read_text())
-    return run(["ssh-keygen", "-Y", "sign", "-n", "file", "-f", str(only_pub), str(data)],
-               env=dict(agent_env, SSH_AUTH_SOCK=str(sock)), check=False)
+    return run(
+        ["ssh-keygen", "-Y", "sign", "-n", "file", "-f", str(only_pub), str(data)],
+        env=dict(agent_env, SSH_AUTH_SOCK=str(sock)),
+        check=False,
+    )
 
 
 def _raw_sign(sock: Path, pub: Path) -> bool:
@@ -109,8 +118,9 @@ def test_two_listeners_with_different_scopes(tmp_path: Path, keys: Path, shared_
         assert _raw_sign(agent.socket, keys / "personal.pub")
         # allow_add: false on the CI socket.
         extra = keygen(tmp_path, "extra", "ed25519")
-        added = run(["ssh-add", str(extra)], env=dict(agent.env, SSH_AUTH_SOCK=str(ci_sock)),
-                    check=False)
+        added = run(
+            ["ssh-add", str(extra)], env=dict(agent.env, SSH_AUTH_SOCK=str(ci_sock)), check=False
+        )
         assert added.returncode != 0
     records = _audit(audit)
     outcomes = {(r["listener"], r["request"], r["outcome"]) for r in records}
@@ -137,10 +147,19 @@ def test_peer_uid_refused_unless_allowed(tmp_path: Path, keys: Path, shared_dir:
         f"audit:\n  path: {audit}\n"
     )
     with running_agent(tmp_path, "--config", str(config)) as agent:
-        as_nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-                     "ssh-add", "-l"]
-        refused = run(as_nobody, env=dict(agent.env, SSH_AUTH_SOCK=str(open_sock), HOME="/"),
-                      check=False)
+        as_nobody = [
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "ssh-add",
+            "-l",
+        ]
+        refused = run(
+            as_nobody, env=dict(agent.env, SSH_AUTH_SOCK=str(open_sock), HOME="/"), check=False
+        )
         assert refused.returncode != 0
         allowed = run(as_nobody, env=dict(agent.env, SSH_AUTH_SOCK=str(allowed_sock), HOME="/"))
         assert fingerprint_of(keys / "ci_deploy.pub") in allowed.stdout
@@ -159,8 +178,11 @@ def test_confirm_hook_allow_deny_timeout_and_cache(tmp_path: Path, keys: Path) -
     calls = tmp_path / "calls.log"
     deny = _hook(tmp_path, "deny.sh", "exit 1")
     slow = _hook(tmp_path, "slow.sh", "sleep 30")
-    allow = _hook(tmp_path, "allow.sh",
-                  f'echo "$SECRETIVEX_CONFIRM_FINGERPRINT|$SECRETIVEX_CONFIRM_PEER_CHAIN" >> {calls}')
+    allow = _hook(
+        tmp_path,
+        "allow.sh",
+        f'echo "$SECRETIVEX_CONFIRM_FINGERPRINT|$SECRETIVEX_CONFIRM_PEER_CHAIN" >> {calls}',
+    )
     pub = keys / "ci_deploy.pub"
     audit = tmp_path / "audit.jsonl"
 
@@ -204,7 +226,9 @@ def test_pending_confirmation_does_not_block_other_clients(tmp_path: Path, keys:
 
         def confirm_needed() -> None:
             t0 = time.monotonic()
-            result["rc"] = _sign(agent.env, agent.socket, keys / "ci_release.pub", tmp_path).returncode
+            result["rc"] = _sign(
+                agent.env, agent.socket, keys / "ci_release.pub", tmp_path
+            ).returncode
             result["took"] = time.monotonic() - t0
 
         waiting = threading.Thread(target=confirm_needed)
@@ -245,7 +269,8 @@ def test_allow_deny_policy(tmp_path: Path, keys: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(
         f"stores:\n  - type: file\n    paths: [{keys}]\n"
-        f"policy:\n  allow: ['comment:ci-*']\n  deny: ['SHA256:{fingerprint_of(keys / 'ci_release.pub')[7:]}']\n"
+        "policy:\n  allow: ['comment:ci-*']\n"
+        f"  deny: ['{fingerprint_of(keys / 'ci_release.pub')}']\n"
     )
     with running_agent(tmp_path, "--config", str(config)) as agent:
         assert _fps(agent.env, agent.socket) == {fingerprint_of(keys / "ci_deploy.pub")}
@@ -258,8 +283,9 @@ def test_allow_deny_policy(tmp_path: Path, keys: Path) -> None:
 def openssh_agent(tmp_path: Path, keys: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
     sock = tmp_path / "upstream" / "ssh-agent.sock"
     sock.parent.mkdir(mode=0o700)
-    proc = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 10
         while not sock.exists() and time.monotonic() < deadline:
@@ -274,8 +300,12 @@ def openssh_agent(tmp_path: Path, keys: Path) -> Iterator[tuple[Path, subprocess
         proc.wait(10)
 
 
-def test_upstream_proxy_filters_keys(tmp_path: Path, keys: Path, shared_dir: Path,
-                                     openssh_agent: tuple[Path, subprocess.Popen[bytes]]) -> None:
+def test_upstream_proxy_filters_keys(
+    tmp_path: Path,
+    keys: Path,
+    shared_dir: Path,
+    openssh_agent: tuple[Path, subprocess.Popen[bytes]],
+) -> None:
     upstream, upstream_proc = openssh_agent
     container_sock = shared_dir / "container.sock"
     audit = tmp_path / "audit.jsonl"
@@ -304,11 +334,17 @@ def test_upstream_proxy_filters_keys(tmp_path: Path, keys: Path, shared_dir: Pat
         time.sleep(1.1)
         assert _fps(agent.env, agent.socket) == set()
         assert agent.proc.poll() is None
-        restarted = subprocess.Popen(["ssh-agent", "-D", "-a", str(upstream)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        restarted = subprocess.Popen(
+            ["ssh-agent", "-D", "-a", str(upstream)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             time.sleep(0.5)
-            run(["ssh-add", "-q", str(keys / "ci_deploy")], env=dict(os.environ, SSH_AUTH_SOCK=str(upstream)))
+            run(
+                ["ssh-add", "-q", str(keys / "ci_deploy")],
+                env=dict(os.environ, SSH_AUTH_SOCK=str(upstream)),
+            )
             time.sleep(1.1)
             assert _fps(agent.env, container_sock) == {fingerprint_of(keys / "ci_deploy.pub")}
         finally:
@@ -320,7 +356,9 @@ def test_upstream_proxy_filters_keys(tmp_path: Path, keys: Path, shared_dir: Pat
 
 def test_max_connections_closes_extra_connections(tmp_path: Path, keys: Path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text(f"agent:\n  max_connections: 2\nstores:\n  - type: file\n    paths: [{keys}]\n")
+    config.write_text(
+        f"agent:\n  max_connections: 2\nstores:\n  - type: file\n    paths: [{keys}]\n"
+    )
     with running_agent(tmp_path, "--config", str(config)) as agent:
         held = []
         for _ in range(2):
@@ -337,13 +375,33 @@ def test_max_connections_closes_extra_connections(tmp_path: Path, keys: Path) ->
         assert agent.ssh_add("-l").returncode == 0
 
 
-def _ssh_via(sshd_port: int, alias: str, known_hosts: Path, agent: AgentProcess) -> subprocess.CompletedProcess[str]:
+def _ssh_via(
+    sshd_port: int, alias: str, known_hosts: Path, agent: AgentProcess
+) -> subprocess.CompletedProcess[str]:
     return run(
-        ["ssh", "-F", "/dev/null", "-p", str(sshd_port), "-o", "BatchMode=yes",
-         "-o", f"HostKeyAlias={alias}", "-o", f"UserKnownHostsFile={known_hosts}",
-         "-o", "StrictHostKeyChecking=yes", "-o", "PasswordAuthentication=no",
-         "-o", "ConnectTimeout=10", f"{os.environ.get('USER', 'root')}@127.0.0.1", "echo ok"],
-        env=agent.env, check=False,
+        [
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-p",
+            str(sshd_port),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"HostKeyAlias={alias}",
+            "-o",
+            f"UserKnownHostsFile={known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "PasswordAuthentication=no",
+            "-o",
+            "ConnectTimeout=10",
+            f"{os.environ.get('USER', 'root')}@127.0.0.1",
+            "echo ok",
+        ],
+        env=agent.env,
+        check=False,
     )
 
 
