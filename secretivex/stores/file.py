@@ -15,8 +15,17 @@ from secretivex.stores.base import Identity, KeyStore, SignError, StoreHealth, S
 log = logging.getLogger(__name__)
 
 #: Files in a key directory that are never private keys, whatever their first bytes say.
-SKIPPED_NAMES = frozenset({"known_hosts", "known_hosts.old", "config", "authorized_keys",
-                           "authorized_keys2", "environment", "rc"})
+SKIPPED_NAMES = frozenset(
+    {
+        "known_hosts",
+        "known_hosts.old",
+        "config",
+        "authorized_keys",
+        "authorized_keys2",
+        "environment",
+        "rc",
+    }
+)
 
 PassphraseSource = Callable[[], bytes | None]
 
@@ -98,8 +107,12 @@ class FileStore(KeyStore):
             for k in keys.values()
         )
         self._changed()
-        log.info("store %s: %d key(s) from %s", self.name, len(keys),
-                 ", ".join(str(p) for p in self.paths))
+        log.info(
+            "store %s: %d key(s) from %s",
+            self.name,
+            len(keys),
+            ", ".join(str(p) for p in self.paths),
+        )
 
     async def reload(self) -> None:
         await self.open()

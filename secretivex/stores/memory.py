@@ -82,7 +82,9 @@ class MemoryStore(KeyStore):
     def _expire(self) -> float | None:
         """Drop expired keys; return seconds until the next expiry (None: none pending)."""
         now = time.monotonic()
-        expired = [b for b, e in self._entries.items() if e.expires_at is not None and e.expires_at <= now]
+        expired = [
+            b for b, e in self._entries.items() if e.expires_at is not None and e.expires_at <= now
+        ]
         for blob in expired:
             entry = self._entries.pop(blob)
             log.info("key expired: %s %s", entry.identity.fingerprint, entry.identity.comment)

@@ -62,7 +62,8 @@ class UpstreamStore(KeyStore):
                 try:
                     if client is None:
                         client = await AgentClient.connect(
-                            self.socket_path, timeout=self.timeout_s,
+                            self.socket_path,
+                            timeout=self.timeout_s,
                             response_timeout=self.timeout_s,
                         )
                     result = await getattr(client, method)(*args)
@@ -82,8 +83,9 @@ class UpstreamStore(KeyStore):
 
     def _degrade(self, reason: str) -> None:
         if self._state is not StoreState.DEGRADED or self._last_error != reason:
-            log.warning("store %s: upstream %s unavailable: %s", self.name, self.socket_path,
-                        reason)
+            log.warning(
+                "store %s: upstream %s unavailable: %s", self.name, self.socket_path, reason
+            )
         self._state = StoreState.DEGRADED
         self._last_error = reason
         if self._listing:
@@ -135,6 +137,10 @@ class UpstreamStore(KeyStore):
 
     def health(self) -> StoreHealth:
         return StoreHealth(
-            self.name, self.kind, self._state, len(self._listing), self._last_error,
+            self.name,
+            self.kind,
+            self._state,
+            len(self._listing),
+            self._last_error,
             detail={"socket": str(self.socket_path)},
         )

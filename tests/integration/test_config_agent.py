@@ -38,8 +38,12 @@ def _wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-unty
 def test_agent_refuses_invalid_config_with_exit_2(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("agent:\n  max_connections: many\n  colour: blue\n")
-    proc = subprocess.run([SECRETIVEX, "agent", "--config", str(config), "--socket",
-                           str(tmp_path / "a.sock")], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [SECRETIVEX, "agent", "--config", str(config), "--socket", str(tmp_path / "a.sock")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "agent.max_connections" in proc.stderr
@@ -64,7 +68,10 @@ def test_sighup_applies_a_valid_config_and_keeps_connections(tmp_path: Path) -> 
                 f"listeners:\n  - socket: {extra_sock}\n    keys: ['type:ecdsa-sha2-nistp256']\n"
             )
             agent.signal(signal.SIGHUP)
-            both = {fingerprint_of(one.with_suffix(".pub")), fingerprint_of(two.with_suffix(".pub"))}
+            both = {
+                fingerprint_of(one.with_suffix(".pub")),
+                fingerprint_of(two.with_suffix(".pub")),
+            }
             assert _wait_for(lambda: _listed(agent.env) == both)
             assert _wait_for(extra_sock.exists)
             assert _listed(agent.env, extra_sock) == {fingerprint_of(two.with_suffix(".pub"))}
@@ -75,7 +82,9 @@ def test_sighup_applies_a_valid_config_and_keeps_connections(tmp_path: Path) -> 
             config.write_text(f"stores:\n  - type: file\n    paths: [{two}]\n")
             agent.signal(signal.SIGHUP)
             assert _wait_for(lambda: not extra_sock.exists())
-            assert _wait_for(lambda: _listed(agent.env) == {fingerprint_of(two.with_suffix(".pub"))})
+            assert _wait_for(
+                lambda: _listed(agent.env) == {fingerprint_of(two.with_suffix(".pub"))}
+            )
         assert "configuration reloaded" in agent.log()
 
 
@@ -95,5 +104,7 @@ def test_sighup_rejects_an_invalid_config_and_keeps_the_old_one(tmp_path: Path) 
         data.write_text("still signing")
         only_pub = tmp_path / "only.pub"
         only_pub.write_text(key.with_suffix(".pub").read_text())
-        run(["ssh-keygen", "-Y", "sign", "-n", "file", "-f", str(only_pub), str(data)],
-            env=agent.env)
+        run(
+            ["ssh-keygen", "-Y", "sign", "-n", "file", "-f", str(only_pub), str(data)],
+            env=agent.env,
+        )

@@ -64,13 +64,29 @@ def test_ssh_keygen_sign_through_agent_then_verify(tmp_path: Path, keydir: Path,
     only_pub = tmp_path / f"{name}.pub"
     only_pub.write_text(pub.read_text())
     with running_agent(tmp_path, "--key", str(keydir)) as agent:
-        run(["ssh-keygen", "-Y", "sign", "-n", "file", "-f", str(only_pub), str(data)],
-            env=agent.env)
+        run(
+            ["ssh-keygen", "-Y", "sign", "-n", "file", "-f", str(only_pub), str(data)],
+            env=agent.env,
+        )
     allowed = tmp_path / "allowed_signers"
     allowed.write_text(f"alice@example.com {' '.join(pub.read_text().split()[:2])}\n")
     with open(data, "rb") as fh:
-        proc = run(["ssh-keygen", "-Y", "verify", "-f", str(allowed), "-I", "alice@example.com",
-                    "-n", "file", "-s", f"{data}.sig"], input=fh.read())
+        proc = run(
+            [
+                "ssh-keygen",
+                "-Y",
+                "verify",
+                "-f",
+                str(allowed),
+                "-I",
+                "alice@example.com",
+                "-n",
+                "file",
+                "-s",
+                f"{data}.sig",
+            ],
+            input=fh.read(),
+        )
     assert "Good" in proc.stdout + proc.stderr
 
 
@@ -115,8 +131,11 @@ def test_lock_and_unlock(tmp_path: Path, keydir: Path) -> None:
         data.write_text("x")
         only_pub = tmp_path / "only.pub"  # no private key beside it to fall back on
         only_pub.write_text((keydir / "id_ed25519.pub").read_text())
-        signing = run(["ssh-keygen", "-Y", "sign", "-n", "file", "-f", str(only_pub), str(data)],
-                      env=agent.env, check=False)
+        signing = run(
+            ["ssh-keygen", "-Y", "sign", "-n", "file", "-f", str(only_pub), str(data)],
+            env=agent.env,
+            check=False,
+        )
         assert signing.returncode != 0
         wrong = agent.ssh_add("-X", check=False, extra_env=_askpass(tmp_path, "wrong"))
         assert wrong.returncode != 0
@@ -143,8 +162,21 @@ def test_confirm_constraint_asks_askpass(tmp_path: Path) -> None:
 def test_certificate_is_listed_and_signs(tmp_path: Path) -> None:
     ca = keygen(tmp_path, "ca", "ed25519")
     user = keygen(tmp_path, "user", "ed25519", comment="certified")
-    run(["ssh-keygen", "-q", "-s", str(ca), "-I", "user-id", "-n", "alice", "-V", "+1h",
-         str(user.with_suffix(".pub"))])
+    run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-s",
+            str(ca),
+            "-I",
+            "user-id",
+            "-n",
+            "alice",
+            "-V",
+            "+1h",
+            str(user.with_suffix(".pub")),
+        ]
+    )
     cert = Path(f"{user}-cert.pub")
     assert cert.exists()
     with running_agent(tmp_path, "--key", str(user)) as agent:
@@ -157,19 +189,24 @@ def test_encrypted_key_with_passphrase_env(tmp_path: Path) -> None:
     key = keygen(tmp_path, "locked_key", "ed25519", passphrase="correct horse")
     config = tmp_path / "config.yaml"
     config.write_text(
-        "stores:\n"
-        f"  - type: file\n    paths: [{key}]\n    passphrase_env: TEST_KEY_PASSPHRASE\n"
+        f"stores:\n  - type: file\n    paths: [{key}]\n    passphrase_env: TEST_KEY_PASSPHRASE\n"
     )
-    with running_agent(tmp_path, "--config", str(config),
-                       env={"TEST_KEY_PASSPHRASE": "correct horse"}) as agent:
+    with running_agent(
+        tmp_path, "--config", str(config), env={"TEST_KEY_PASSPHRASE": "correct horse"}
+    ) as agent:
         assert _listed(agent) == [fingerprint_of(key.with_suffix(".pub"))]
         assert "correct horse" not in agent.log()
 
 
 def test_ssh_logs_into_sshd_with_only_the_agent(tmp_path: Path, keydir: Path) -> None:
     require_tool("/usr/sbin/sshd")
-    sshd = start_sshd(tmp_path, [(keydir / "id_ed25519.pub").read_text().strip(),
-                                 (keydir / "id_rsa.pub").read_text().strip()])
+    sshd = start_sshd(
+        tmp_path,
+        [
+            (keydir / "id_ed25519.pub").read_text().strip(),
+            (keydir / "id_rsa.pub").read_text().strip(),
+        ],
+    )
     try:
         with running_agent(tmp_path, "--key", str(keydir / "id_ed25519")) as agent:
             proc = run([*sshd.ssh_argv(), "echo", "logged-in-as-$(id -un)"], env=agent.env)
@@ -177,8 +214,9 @@ def test_ssh_logs_into_sshd_with_only_the_agent(tmp_path: Path, keydir: Path) ->
         # RSA with each SHA-2 signature algorithm (flags 2 and 4) through the agent.
         with running_agent(tmp_path, "--key", str(keydir / "id_rsa")) as agent:
             for alg in ("rsa-sha2-256", "rsa-sha2-512"):
-                proc = run([*sshd.ssh_argv("-o", f"PubkeyAcceptedAlgorithms={alg}"), "true"],
-                           env=agent.env)
+                proc = run(
+                    [*sshd.ssh_argv("-o", f"PubkeyAcceptedAlgorithms={alg}"), "true"], env=agent.env
+                )
                 assert proc.returncode == 0
     finally:
         sshd.proc.terminate()
@@ -239,7 +277,9 @@ def _raw_request(sock_path: Path, data: bytes) -> bytes:
         return b"".join(chunks)
 
 
-def test_bad_input_gets_failure_or_close_and_agent_keeps_serving(tmp_path: Path, keydir: Path) -> None:
+def test_bad_input_gets_failure_or_close_and_agent_keeps_serving(
+    tmp_path: Path, keydir: Path
+) -> None:
     with running_agent(tmp_path, "--key", str(keydir / "id_ed25519")) as agent:
         failure = b"\x00\x00\x00\x01\x05"
         assert _raw_request(agent.socket, b"\x00\x00\x00\x01\xfe") == failure  # unknown type
@@ -286,8 +326,13 @@ def test_print_env_and_zero_config_default_socket(tmp_path: Path) -> None:
     env = dict(os.environ, HOME=str(home), XDG_RUNTIME_DIR=str(tmp_path / "xdg"))
     (tmp_path / "xdg").mkdir(mode=0o700)
     env.pop("SECRETIVEX_CONFIG", None)
-    proc = subprocess.Popen([SECRETIVEX, "agent", "--print-env"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, env=env, text=True)
+    proc = subprocess.Popen(
+        [SECRETIVEX, "agent", "--print-env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
