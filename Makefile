@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-unit lint format image bench system-deps clean gen
+.PHONY: help venv run test test-unit lint format image bench system-deps clean gen image-clean docker-stop
 
 help:
 	@echo "make run    - install into $(VENV) and run the agent on its zero-config default"
@@ -57,3 +57,9 @@ clean:
 
 gen: $(STAMP)
 	$(BIN)/python ci/gen-config-docs.py
+
+image-clean:
+	-docker image rm secretivex:dev secretivex:softhsm secretivex-build:cache secretivex-base:bookworm
+
+docker-stop:
+	bash ci/docker-engine.sh stop
