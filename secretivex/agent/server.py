@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import SocketListener, SocketStream, TaskGroup
+from anyio.abc import SocketListener, SocketStream, TaskGroup, TaskStatus
 
 from secretivex.agent.audit import AuditLog
 from secretivex.agent.connection import ConnectionTracker, serve_connection
@@ -133,6 +133,9 @@ def build_listener_specs(cfg: Any) -> list[ListenerSpec]:
 class _Serving:
     spec: ListenerSpec
     listener: SocketListener
+    #: Passed in by systemd: the socket file is the service manager's, never ours to
+    #: remove or chmod.
+    inherited: bool = False
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
 
 
@@ -203,7 +206,8 @@ class Agent:
                     self._conn_tg = conn_tg
                     for spec in build_listener_specs(self.config):
                         await self._start_listener(spec)
-                    tg.start_soon(self._signals)
+                    # Handlers first: a SIGHUP right after READY=1 must reload, not kill.
+                    await tg.start(self._signals)
                     for store in self.registry.stores:
                         tg.start_soon(self._maintain, store)
                     self._start_metrics_writer(tg)
@@ -222,8 +226,9 @@ class Agent:
                     conn_tg.cancel_scope.cancel()
                 tg.cancel_scope.cancel()
         finally:
-            for path in list(self._serving):
-                unlink_socket(path)
+            for path, serving in list(self._serving.items()):
+                if not serving.inherited:
+                    unlink_socket(path)
             self._serving.clear()
             for store in self.registry.stores:
                 with anyio.CancelScope(shield=True):
@@ -266,7 +271,7 @@ class Agent:
             raise AgentStartupError(str(exc)) from None
         sock.setblocking(False)
         listener = await SocketListener.from_socket(sock)
-        serving = _Serving(spec, listener)
+        serving = _Serving(spec, listener, inherited=inherited is not None)
         self._serving[spec.path] = serving
         assert self._tg is not None
         self._tg.start_soon(self._accept_loop, serving)
@@ -296,9 +301,10 @@ class Agent:
 
     # -- signals ----------------------------------------------------------------------
 
-    async def _signals(self) -> None:
+    async def _signals(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         wanted = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2]
         with anyio.open_signal_receiver(*wanted) as signals:
+            task_status.started()
             async for signum in signals:
                 if signum in (signal.SIGTERM, signal.SIGINT):
                     log.info("received %s: draining and exiting", signal.Signals(signum).name)
@@ -381,11 +387,12 @@ class Agent:
             if serving is None:
                 await self._start_listener(spec)
             else:
-                _update_spec(serving.spec, spec)
+                _update_spec(serving.spec, spec, chmod=not serving.inherited)
         for path in [p for p in self._serving if p not in specs]:
             serving = self._serving.pop(path)
             serving.scope.cancel()
-            unlink_socket(path)
+            if not serving.inherited:
+                unlink_socket(path)
         removed = [s for s in self.registry.configured if s not in new_stores]
         self.registry.configured = new_stores
         self._store_configs = store_configs
@@ -399,8 +406,8 @@ class Agent:
             await store.aclose()
 
 
-def _update_spec(current: ListenerSpec, new: ListenerSpec) -> None:
-    if (current.mode, current.owner, current.group) != (new.mode, new.owner, new.group):
+def _update_spec(current: ListenerSpec, new: ListenerSpec, *, chmod: bool = True) -> None:
+    if chmod and (current.mode, current.owner, current.group) != (new.mode, new.owner, new.group):
         os.chmod(current.path, new.mode)
         if new.owner is not None or new.group is not None:
             os.chown(

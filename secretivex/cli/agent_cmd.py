@@ -105,14 +105,16 @@ def agent(
             typer.echo(f"secretivex: config: {problem}", err=True)
         raise typer.Exit(2) from None
     setup_logging(cfg.logging.level, cfg.logging.format)
+    from secretivex.agent.server import MAIN_LISTENER
+    from secretivex.agent.systemd import SystemdError, listen_fds
+
     inherited: dict[str, Any] = {}
     try:
-        from secretivex.agent.systemd import listen_fds
-
         for item in listen_fds():
-            inherited[item.name or "agent"] = item.socket
-    except ImportError:
-        pass
+            inherited[MAIN_LISTENER if item.is_main else str(item.name)] = item.socket
+    except SystemdError as exc:
+        typer.echo(f"secretivex: {exc}", err=True)
+        raise typer.Exit(1) from None
     try:
         server = Agent(
             cfg,
