@@ -56,6 +56,7 @@
                 orjson
                 rich
                 jsonschema
+                uvloop
                 # tests and tooling
                 setuptools
                 build

@@ -20,6 +20,7 @@
   orjson,
   rich,
   jsonschema,
+  uvloop,
   pytestCheckHook,
   pytest-timeout,
   hypothesis,
@@ -60,6 +61,7 @@ let
     orjson
     rich
     jsonschema
+    uvloop
   ];
 in
 buildPythonApplication {

@@ -34,7 +34,7 @@ let
 
   pythonNames = [
     "anyio" "cryptography" "bcrypt" "python-pkcs11" "pyyaml" "pydantic" "pydantic-settings"
-    "typer" "orjson" "rich" "jsonschema" "setuptools" "wheel" "pytest" "pytestCheckHook"
+    "typer" "orjson" "rich" "jsonschema" "uvloop" "setuptools" "wheel" "pytest" "pytestCheckHook"
     "pytest-timeout" "hypothesis" "paramiko" "asyncssh" "build" "mypy" "types-pyyaml"
     "types-jsonschema" "testcontainers" "ruff"
   ];

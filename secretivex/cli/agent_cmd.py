@@ -135,7 +135,7 @@ def _backend_options() -> dict[str, Any]:
     if os.environ.get("SECRETIVEX_UVLOOP", "1") == "0":
         return {}
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
     except ImportError:
         return {}
     return {"loop_factory": uvloop.new_event_loop}
