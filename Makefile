@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-unit lint format image bench system-deps clean gen image-clean docker-stop
+.PHONY: help venv run test test-unit lint format image bench system-deps clean gen image-clean docker-stop nix-check flake-check release-check dist
 
 help:
 	@echo "make run    - install into $(VENV) and run the agent on its zero-config default"
@@ -63,3 +63,15 @@ image-clean:
 
 docker-stop:
 	bash ci/docker-engine.sh stop
+
+nix-check: $(STAMP)
+	$(BIN)/pytest -q tests/nix
+
+flake-check:
+	nix flake check
+
+release-check:
+	bash ci/check-changelog.sh $(TAG)
+
+dist: $(STAMP)
+	$(BIN)/python -m build --outdir dist
