@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-unit lint format image bench system-deps clean gen image-clean docker-stop nix-check flake-check release-check dist
+.PHONY: help venv run test test-unit lint format image bench system-deps clean gen image-clean docker-stop nix-check flake-check release-check dist test-container
 
 help:
 	@echo "make run    - install into $(VENV) and run the agent on its zero-config default"
@@ -75,3 +75,6 @@ release-check:
 
 dist: $(STAMP)
 	$(BIN)/python -m build --outdir dist
+
+test-container: $(STAMP)
+	TESTCONTAINERS_RYUK_DISABLED=true $(BIN)/pytest tests/container -q $(PYTEST_ARGS)
