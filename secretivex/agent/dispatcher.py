@@ -89,6 +89,7 @@ class Dispatcher:
         metrics: MetricsRecorder | None = None,
         audit: AuditLog | None = None,
         health: Callable[[], dict[str, Any]] | None = None,
+        spawn: Callable[[Callable[[], Awaitable[None]]], None] | None = None,
     ) -> None:
         self.registry = registry
         self.policy = policy
@@ -98,6 +99,8 @@ class Dispatcher:
         self.metrics = metrics or MetricsRecorder()
         self.audit = audit or AuditLog(None)
         self.health = health or (lambda: {})
+        #: Starts a background task in the agent's task group (store maintenance).
+        self.spawn = spawn or (lambda fn: None)
         self.lock = AgentLock()
         self._listing_frames: dict[int, tuple[tuple[Identity, ...], bytes]] = {}
         self._handlers: dict[type, tuple[str, Handler]] = {
@@ -337,8 +340,13 @@ class Dispatcher:
         try:
             store = await open_smartcard(req.reader_id, req.pin, self.pkcs11_allowlist)
         except StoreError as exc:
+            log.warning("ssh-add -s %s refused: %s", req.reader_id, exc)
             raise Outcome("add_refused", str(exc)) from None
         self.registry.smartcards.append(store)
+        self.spawn(store.maintain)  # fault recovery; returns by itself after aclose()
+        log.info(
+            "smartcard module %s added (%d keys)", req.reader_id, len(await store.identities())
+        )
         return SUCCESS
 
     def _smartcards_of(self, module: str) -> list[KeyStore]:

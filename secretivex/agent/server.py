@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,7 @@ class Agent:
             metrics=self.metrics,
             audit=self.audit,
             health=self._health_extra,
+            spawn=self._spawn_maintenance,
         )
         self.tracker = ConnectionTracker(agent.max_connections)
         self.idle_timeout_s = agent.idle_timeout_ms / 1000 if agent.idle_timeout_ms else None
@@ -241,6 +242,16 @@ class Agent:
 
     def stop(self) -> None:
         self._stopped.set()
+
+    def _spawn_maintenance(self, fn: Callable[[], Awaitable[None]]) -> None:
+        if self._tg is not None:
+            self._tg.start_soon(self._guarded, fn)
+
+    async def _guarded(self, fn: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await fn()
+        except Exception:
+            log.exception("background task failed")
 
     async def _maintain(self, store: KeyStore) -> None:
         try:
