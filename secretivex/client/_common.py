@@ -1,0 +1,156 @@
+"""What the async and sync clients share: message building and answer checking."""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from secretivex.protocol import (
+    NO_CONSTRAINTS,
+    AddIdentity,
+    Constraints,
+    ExtensionFailure,
+    ExtensionResponse,
+    Failure,
+    IdentitiesAnswer,
+    Response,
+    SignResponse,
+    Success,
+    WirePrivateKey,
+)
+from secretivex.stores.base import fingerprint_sha256
+
+from .errors import (
+    AgentExtensionUnsupported,
+    AgentFailure,
+    AgentProtocolError,
+)
+
+__all__ = [
+    "HEALTH_EXTENSION",
+    "AgentIdentity",
+    "build_add_identity",
+    "connect_error_message",
+    "expect",
+]
+
+#: Extension the secretivex agent answers with a UTF-8 JSON health document.
+HEALTH_EXTENSION = "health@secretivex"
+
+R = TypeVar("R")
+
+
+def _blob_type(blob: bytes) -> str:
+    if len(blob) < 4:
+        return ""
+    size = int.from_bytes(blob[:4], "big")
+    return blob[4 : 4 + size].decode("ascii", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentIdentity:
+    """One key the agent lists."""
+
+    blob: bytes
+    comment: str
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint_sha256(self.blob)
+
+    @property
+    def key_type(self) -> str:
+        return _blob_type(self.blob)
+
+    def public_line(self) -> str:
+        """``<type> <base64 blob> <comment>``, as in an ``authorized_keys`` line."""
+        from base64 import b64encode
+
+        line = f"{self.key_type} {b64encode(self.blob).decode('ascii')}"
+        return f"{line} {self.comment}" if self.comment else line
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "type": self.key_type,
+            "comment": self.comment,
+            "public_key": self.public_line(),
+        }
+
+
+def expect(response: Response, wanted: type[R], what: str) -> R:
+    """Return ``response`` if it is a ``wanted``, else raise the matching client error."""
+    if isinstance(response, wanted):
+        return response
+    if isinstance(response, ExtensionFailure):
+        raise AgentFailure(f"{what}: the agent reported an extension failure")
+    if isinstance(response, Failure):
+        raise AgentFailure(f"{what}: the agent refused (SSH_AGENT_FAILURE)")
+    raise AgentProtocolError(f"{what}: unexpected answer {type(response).__name__}")
+
+
+def identities_of(response: Response) -> list[AgentIdentity]:
+    answer = expect(response, IdentitiesAnswer, "list identities")
+    return [AgentIdentity(bytes(blob), comment) for blob, comment in answer.identities]
+
+
+def signature_of(response: Response) -> bytes:
+    return expect(response, SignResponse, "sign").signature
+
+
+def check_success(response: Response, what: str) -> None:
+    expect(response, Success, what)
+
+
+def extension_contents(response: Response, name: str) -> bytes:
+    """Contents of an extension answer; unsupported extensions raise the subclass."""
+    if isinstance(response, Failure):
+        raise AgentExtensionUnsupported(f"the agent does not support extension {name}")
+    if isinstance(response, Success):
+        return b""
+    return expect(response, ExtensionResponse, f"extension {name}").contents
+
+
+def build_add_identity(
+    key: Any,
+    comment: str | None = None,
+    *,
+    lifetime: int | None = None,
+    confirm: bool = False,
+    maxsign: int | None = None,
+) -> AddIdentity:
+    """An ADD_IDENTITY message for a ``WirePrivateKey`` or a ``keys`` ``SoftwareKey``."""
+    constraints = (
+        Constraints(lifetime=lifetime, confirm=confirm, maxsign=maxsign)
+        if (lifetime is not None or confirm or maxsign is not None)
+        else NO_CONSTRAINTS
+    )
+    if isinstance(key, WirePrivateKey):
+        return AddIdentity(key, comment or "", constraints)
+    from secretivex.keys.software import SoftwareKey, key_to_wire
+
+    if not isinstance(key, SoftwareKey):
+        raise TypeError("add_identity takes a SoftwareKey or a WirePrivateKey")
+    key_type, fields = key_to_wire(key)
+    text = key.comment if comment is None else comment
+    return AddIdentity(WirePrivateKey(key_type, tuple(fields)), text, constraints)
+
+
+def connect_error_message(path: str, exc: BaseException) -> str:
+    """One line saying why connecting to ``path`` failed."""
+    if isinstance(exc, FileNotFoundError):
+        reason = "no such socket"
+    elif isinstance(exc, ConnectionRefusedError):
+        reason = "connection refused (no agent listening)"
+    elif isinstance(exc, PermissionError):
+        reason = "permission denied"
+    elif isinstance(exc, TimeoutError):
+        reason = "timed out"
+    elif isinstance(exc, OSError) and exc.errno == errno.ENOTSOCK:
+        reason = "not a socket"
+    elif isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror.lower()
+    else:
+        reason = str(exc) or type(exc).__name__
+    return f"cannot connect to the agent at {path}: {reason}"

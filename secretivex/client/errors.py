@@ -1,0 +1,36 @@
+"""Errors raised by the agent clients. Every message is one line, safe to print."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentError",
+    "AgentExtensionUnsupported",
+    "AgentFailure",
+    "AgentProtocolError",
+    "AgentTimeout",
+    "AgentUnavailable",
+]
+
+
+class AgentError(Exception):
+    """Base class: talking to the agent did not work."""
+
+
+class AgentUnavailable(AgentError):
+    """No agent at the socket (missing, refused, permission denied, connect timeout)."""
+
+
+class AgentTimeout(AgentError):
+    """The agent did not answer within the response timeout; the connection is closed."""
+
+
+class AgentProtocolError(AgentError):
+    """The agent answered something malformed or unexpected, or hung up mid-request."""
+
+
+class AgentFailure(AgentError):
+    """The agent answered SSH_AGENT_FAILURE (refused, unknown key, locked...)."""
+
+
+class AgentExtensionUnsupported(AgentFailure):
+    """The agent does not implement the requested extension."""

@@ -1,0 +1,69 @@
+"""Agent metrics: counters, queue-wait histogram, snapshots, Prometheus text, guardrails.
+
+The agent owns one ``MetricsRecorder`` and calls its ``on_*`` methods on its event-loop
+thread; ``run_metrics_writer`` (in the agent's task group) writes snapshots atomically.
+See ``docs/metrics.md`` for every field and the compatibility policy.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from secretivex.metrics.guardrails import (
+    Guardrail,
+    GuardrailResult,
+    check_freshness,
+    evaluate_queue_wait,
+    guardrail_for_profile,
+    suggest_queue_wait,
+)
+from secretivex.metrics.histogram import (
+    Log2Histogram,
+    percentile_from_buckets,
+    tail_ratio_from_buckets,
+)
+from secretivex.metrics.prometheus import render_prometheus
+from secretivex.metrics.recorder import SCHEMA_VERSION, SNAPSHOT_KINDS, MetricsRecorder
+from secretivex.metrics.writer import (
+    load_snapshot,
+    run_metrics_writer,
+    write_metrics_files,
+    write_now,
+    write_snapshot_atomic,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SNAPSHOT_KINDS",
+    "Guardrail",
+    "GuardrailResult",
+    "Log2Histogram",
+    "MetricsRecorder",
+    "check_freshness",
+    "evaluate_queue_wait",
+    "guardrail_for_profile",
+    "load_snapshot",
+    "percentile_from_buckets",
+    "render_prometheus",
+    "run_metrics_writer",
+    "snapshot_schema",
+    "suggest_queue_wait",
+    "tail_ratio_from_buckets",
+    "write_metrics_files",
+    "write_now",
+    "write_snapshot_atomic",
+]
+
+
+@cache
+def _schema_text() -> str:
+    return resources.files("secretivex.metrics").joinpath("snapshot.schema.json").read_text()
+
+
+def snapshot_schema() -> dict[str, Any]:
+    """The JSON Schema of metrics snapshots (a fresh copy)."""
+    data: dict[str, Any] = json.loads(_schema_text())
+    return data

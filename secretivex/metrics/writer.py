@@ -1,0 +1,188 @@
+"""Writing snapshots: atomic files and the agent's periodic writer task."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import orjson
+
+from secretivex.metrics.prometheus import render_prometheus
+from secretivex.metrics.recorder import MetricsRecorder
+
+__all__ = [
+    "load_snapshot",
+    "run_metrics_writer",
+    "write_metrics_files",
+    "write_now",
+    "write_snapshot_atomic",
+]
+
+log = logging.getLogger("secretivex.metrics")
+
+
+def _encode(data: Mapping[str, Any] | bytes | str) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+
+
+def write_snapshot_atomic(
+    path: str | os.PathLike[str],
+    data: Mapping[str, Any] | bytes | str,
+    mode: int = 0o644,
+) -> None:
+    """Replace ``path`` with ``data`` so readers see the old file or the new one, never a
+    partial one: a temp file in the same directory, fsync, chmod ``mode``, ``os.replace``,
+    then fsync of the directory. Mappings are written as JSON. On error the temp file is
+    removed and the exception propagates.
+    """
+    target = Path(path)
+    payload = _encode(data)
+    directory = target.parent
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        Path(tmp_name).replace(target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            Path(tmp_name).unlink()
+        raise
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def load_snapshot(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a snapshot file. Raises ``OSError`` or ``ValueError`` (not JSON / not an object)."""
+    raw = Path(path).read_bytes()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a metrics snapshot must be a JSON object")
+    return data
+
+
+def write_metrics_files(
+    snapshot: Mapping[str, Any],
+    path: str | os.PathLike[str] | None,
+    prometheus_textfile: str | os.PathLike[str] | None = None,
+) -> None:
+    """Write the JSON snapshot and, if configured, the Prometheus textfile (blocking)."""
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_snapshot_atomic(path, snapshot)
+    if prometheus_textfile is not None:
+        Path(prometheus_textfile).parent.mkdir(parents=True, exist_ok=True)
+        write_snapshot_atomic(prometheus_textfile, render_prometheus(snapshot))
+
+
+async def write_now(
+    recorder: MetricsRecorder,
+    path: str | os.PathLike[str] | None,
+    prometheus_textfile: str | os.PathLike[str] | None = None,
+    kind: str = "snapshot",
+) -> dict[str, Any]:
+    """Take a snapshot on the event loop, write it from a worker thread; returns it.
+
+    ``kind="reset"`` zeroes the counters first. Write errors are logged, not raised:
+    metrics must never take the agent down.
+    """
+    if kind == "reset":
+        recorder.reset()
+    snapshot = recorder.snapshot(kind)
+    try:
+        await anyio.to_thread.run_sync(write_metrics_files, snapshot, path, prometheus_textfile)
+    except OSError as exc:
+        log.warning("could not write metrics: %s", exc)
+    return snapshot
+
+
+class _Wakeup:
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+
+    def set(self) -> None:
+        self.event.set()
+
+
+async def run_metrics_writer(
+    recorder: MetricsRecorder,
+    path: str | os.PathLike[str] | None,
+    interval_ms: int,
+    prometheus_textfile: str | os.PathLike[str] | None = None,
+    *,
+    health: Callable[[], Sequence[Any]] | None = None,
+) -> None:
+    """Write a ``periodic`` snapshot every ``interval_ms`` until cancelled.
+
+    Runs in the agent's task group. ``recorder.request_write("snapshot")`` (SIGUSR1) or
+    ``recorder.request_write("reset")`` (SIGUSR2), called on the event-loop thread,
+    wake it for an immediate write of that kind. ``interval_ms <= 0`` writes only on
+    request. On cancellation a final ``interval`` snapshot is written (shielded).
+    ``health``, when given, is called before every write and its ``StoreHealth`` list
+    recorded with ``set_store_health``.
+    """
+    if path is None and prometheus_textfile is None:
+        return
+    wakeup = _Wakeup()
+    recorder._wake = wakeup.set
+    timeout = interval_ms / 1000 if interval_ms > 0 else None
+
+    def refresh() -> None:
+        if health is not None:
+            try:
+                recorder.set_store_health(health())
+            except Exception as exc:  # a store bug must not stop metrics
+                log.warning("could not collect store health: %s", exc)
+
+    try:
+        refresh()
+        await write_now(recorder, path, prometheus_textfile, "periodic")
+        while True:
+            with anyio.move_on_after(timeout):
+                await wakeup.event.wait()
+            if wakeup.event.is_set():
+                wakeup.event = anyio.Event()
+            kind = recorder._pending_kind or "periodic"
+            recorder._pending_kind = None
+            refresh()
+            # A reset was already applied by request_write; only the kind is written.
+            snapshot = recorder.snapshot(kind)
+            try:
+                await anyio.to_thread.run_sync(
+                    write_metrics_files, snapshot, path, prometheus_textfile
+                )
+            except OSError as exc:
+                log.warning("could not write metrics: %s", exc)
+    finally:
+        recorder._wake = None
+        with anyio.CancelScope(shield=True):
+            refresh()
+            snapshot = recorder.snapshot("interval")
+            try:
+                await anyio.to_thread.run_sync(
+                    write_metrics_files, snapshot, path, prometheus_textfile
+                )
+            except OSError as exc:  # pragma: no cover - best effort at shutdown
+                log.warning("could not write final metrics: %s", exc)

@@ -1,0 +1,148 @@
+"""The CI gate scripts, run for real with tiny durations (they start their own agents)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from harness import require_tool
+
+pytestmark = [pytest.mark.openssh, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+CI = ROOT / "ci"
+SECRETIVEX = str(Path(sys.executable).with_name("secretivex"))
+SCRIPTS = [
+    "lib.sh",
+    "gate-smoke.sh",
+    "gate-slo.sh",
+    "gate-reconnect.sh",
+    "gate-trend.sh",
+    "soak.sh",
+    "compare-openssh.sh",
+]
+
+
+def gate(script: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    require_tool("ssh-keygen", "ssh-agent", "ssh-add")
+    full = {**os.environ, "SECRETIVEX": SECRETIVEX, "TMPDIR": str(tmp_path), **env}
+    full.pop("SECRETIVEX_CONFIG", None)
+    return subprocess.run(
+        ["bash", str(CI / script)], capture_output=True, text=True, env=full, timeout=600
+    )
+
+
+def leftovers(tmp_path: Path) -> list[str]:
+    return [p.name for p in tmp_path.iterdir() if p.name.startswith("secretivex-")]
+
+
+def test_scripts_are_shellcheck_clean() -> None:
+    if shutil.which("shellcheck") is None:
+        require_tool("shellcheck")
+    proc = subprocess.run(
+        ["shellcheck", "-x", *SCRIPTS], cwd=CI, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in SCRIPTS[1:]:
+        text = (CI / name).read_text()
+        assert "set -euo pipefail" in text, name
+
+
+@pytest.mark.parametrize("agent", ["secretivex", "openssh"])
+def test_smoke_gate(tmp_path: Path, agent: str) -> None:
+    proc = gate("gate-smoke.sh", tmp_path, AGENT=agent, SMOKE_CONCURRENCY="4", SMOKE_REQUESTS="5")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[smoke] PASS" in proc.stderr
+    assert leftovers(tmp_path) == []  # temp dir removed, agent stopped by the trap
+
+
+def test_slo_gate_passes_with_fresh_metrics(tmp_path: Path) -> None:
+    out = tmp_path / "slo.json"
+    proc = gate("gate-slo.sh", tmp_path, SLO_DURATION="1s", SLO_CONCURRENCY="16",
+                SLO_OUTPUT=str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS metrics_fresh" in proc.stdout
+    assert "PASS queue_wait_tail" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["queue_wait"]["fresh"] is True
+    assert report["run"]["reconnect"] is True and report["run"]["warmup_per_worker"] == 0
+
+
+def test_slo_gate_reports_attempted_zero_first(tmp_path: Path) -> None:
+    proc = gate("gate-slo.sh", tmp_path, SLO_DURATION="0s", SLO_CONCURRENCY="4")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    checks = proc.stdout[proc.stdout.index("attempted=0: ") :]
+    assert "setup, warmup or configuration problem" in checks
+    assert "FAIL attempted" in checks and "rps" not in checks.split("gate: FAIL")[0]
+
+
+def test_slo_gate_fails_an_impossible_envelope(tmp_path: Path) -> None:
+    proc = gate("gate-slo.sh", tmp_path, SLO_DURATION="1s", SLO_CONCURRENCY="8",
+                SLO_MIN_RPS="100000000")  # fmt: skip
+    assert proc.returncode == 3
+    assert "FAIL rps" in proc.stdout
+    assert "agent log tail" in proc.stderr
+
+
+def test_reconnect_gate(tmp_path: Path) -> None:
+    proc = gate("gate-reconnect.sh", tmp_path, RECONNECT_DURATION="1s",
+                RECONNECT_CONCURRENCY="16")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_soak_samples_rss_and_fds(tmp_path: Path) -> None:
+    samples = tmp_path / "samples.csv"
+    proc = gate("soak.sh", tmp_path, SOAK_DURATION="4", SOAK_CONCURRENCY="8",
+                SOAK_SAMPLES_CSV=str(samples))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = samples.read_text().splitlines()
+    assert rows[0] == "elapsed_s,rss_kb,fds" and len(rows) >= 4
+    assert all(int(row.split(",")[1]) > 0 for row in rows[1:])
+    assert "rss under load" in proc.stderr
+
+
+def test_trend_gate_with_and_without_previous(tmp_path: Path) -> None:
+    saved = tmp_path / "previous.json"
+    first = gate("gate-trend.sh", tmp_path, TREND_DURATION="500ms", TREND_CONCURRENCY="4",
+                 TREND_PREVIOUS=str(saved), TREND_OUTPUT=str(saved))  # fmt: skip
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "no previous report" in first.stdout
+    second = gate("gate-trend.sh", tmp_path, TREND_CURRENT=str(saved),
+                  TREND_PREVIOUS=str(saved))  # fmt: skip
+    assert second.returncode == 0 and "+0.0000%" in second.stdout
+    worse = json.loads(saved.read_text())
+    worse["results"]["failure_rate"] = 0.5
+    bad = tmp_path / "worse.json"
+    bad.write_text(json.dumps(worse))
+    third = gate("gate-trend.sh", tmp_path, TREND_CURRENT=str(bad), TREND_PREVIOUS=str(saved))
+    assert third.returncode == 3 and "FAIL trend" in third.stdout
+
+
+def test_compare_openssh_short(tmp_path: Path) -> None:
+    out = tmp_path / "compare"
+    proc = gate(
+        "compare-openssh.sh",
+        tmp_path,
+        COMPARE_SHORT="1",
+        COMPARE_DURATION="300ms",
+        COMPARE_FANOUT_DURATION="500ms",
+        COMPARE_FANOUT_WORKERS="50",
+        COMPARE_CONCURRENCY="8",
+        COMPARE_IDLE_CONNECTIONS="20",
+        COMPARE_PROCESSES="1",
+        COMPARE_OUT=str(out),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = (out / "table.md").read_text()
+    for scenario in ("ed25519", "ecdsa-p256", "rsa-3072", "reconnect", "fanout-1000"):
+        assert f"| {scenario} |" in table
+    assert "RSS with 20 idle connections" in table
+    rows = json.loads((out / "compare.json").read_text())
+    assert next(row["scenario"] for row in rows) == "ed25519"
+    assert all(row["openssh_failed"] == 0 and row["secretivex_failed"] == 0 for row in rows)
+    assert len(list((out / "runs").glob("*.json"))) == 10
