@@ -6,14 +6,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-unit lint format image bench system-deps clean gen image-clean docker-stop nix-check flake-check release-check dist test-container
+.PHONY: help venv run test test-unit lint format image bench system-deps clean gen image-clean docker-stop nix-check flake-check release-check dist test-container gates
 
 help:
 	@echo "make run    - install into $(VENV) and run the agent on its zero-config default"
 	@echo "make test   - install system packages + test deps and run the whole suite"
 	@echo "make lint   - ruff check, ruff format --check, mypy --strict, shellcheck"
 	@echo "make image  - build the container images (secretivex:dev, secretivex:softhsm)"
-	@echo "make bench  - full side-by-side comparison with OpenSSH's ssh-agent"
+	@echo "make bench  - full side-by-side comparison with OpenSSH's ssh-agent (~7 min)"
+	@echo "make gates  - short smoke/SLO/reconnect/soak gates and comparison"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +51,14 @@ image: $(STAMP)
 	bash ci/build-image.sh
 
 bench: $(STAMP)
-	bash ci/compare-openssh.sh
+	COMPARE_OUT=.build/compare bash ci/compare-openssh.sh
+
+gates: $(STAMP)
+	bash ci/gate-smoke.sh
+	SLO_DURATION=1s bash ci/gate-slo.sh
+	RECONNECT_DURATION=1s bash ci/gate-reconnect.sh
+	SOAK_DURATION=4 bash ci/soak.sh
+	COMPARE_SHORT=1 bash ci/compare-openssh.sh
 
 clean:
 	rm -rf $(VENV) build dist .build *.egg-info

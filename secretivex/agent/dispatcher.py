@@ -26,7 +26,7 @@ from secretivex.policy.confirm import ConfirmRequest
 from secretivex.policy.destination import DestinationCheck, SessionBinding, check_destination
 from secretivex.policy.engine import Policy
 from secretivex.policy.peer import PeerCredentials, executable, process_chain
-from secretivex.stores.base import Identity, KeyStore, StoreError
+from secretivex.stores.base import Identity, KeyStore, StoreError, fingerprint_sha256
 from secretivex.stores.registry import StoreRegistry
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class Dispatcher:
             log.exception("internal error handling %s", kind)
             self._observe(ctx, kind, "internal_error", start)
             return FAILURE
-        self._observe(ctx, kind, "ok", start, ctx_fp(request))
+        self._observe(ctx, kind, "ok", start, request=request)
         return reply
 
     def _observe(
@@ -156,10 +156,13 @@ class Dispatcher:
         start_ns: int,
         fingerprint: str = "",
         detail: str = "",
+        request: Any = None,
     ) -> None:
         latency = time.perf_counter_ns() - start_ns
         self.metrics.on_request(kind, outcome, latency)
         if self.audit.enabled:
+            if not fingerprint and request is not None:
+                fingerprint = _request_fingerprint(request)
             record: dict[str, Any] = {
                 "socket": str(ctx.listener.path),
                 "listener": ctx.listener.name,
@@ -446,10 +449,7 @@ def _with_fp(exc: Outcome, ident: Identity) -> Outcome:
     return exc
 
 
-def ctx_fp(request: Any) -> str:
+def _request_fingerprint(request: Any) -> str:
+    """The key a request names, for the audit log (computed only when auditing)."""
     blob = getattr(request, "key_blob", None)
-    if blob is None:
-        return ""
-    from secretivex.stores.base import fingerprint_sha256
-
-    return fingerprint_sha256(blob)
+    return "" if blob is None else fingerprint_sha256(blob)

@@ -130,6 +130,38 @@ def agent(
         pass
 
 
+@agent_app.command("suggest-queue-wait")
+def suggest_queue_wait_cmd(
+    profile: str | None = typer.Option(
+        None, "--profile", "-p", help="Profile to suggest for (default: agent.profile)."
+    ),
+    config: list[Path] = typer.Option([], "--config", "-c", metavar="FILE"),
+    json_out: bool = typer.Option(False, "--json", help="Print the suggestion as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="key=value lines for scripts."),
+) -> None:
+    """Print the queue-wait tail guardrail suggested for a profile on this machine
+    (use it with `secretivex client metrics --queue-wait-tail-ns/-max-ratio`)."""
+    from secretivex.config import ConfigError, LoadRequest
+    from secretivex.metrics.guardrails import format_suggestion, suggest_queue_wait
+
+    if json_out and quiet:
+        typer.echo("secretivex: --json and --quiet exclude each other", err=True)
+        raise typer.Exit(2)
+    if profile is None:
+        try:
+            profile = LoadRequest(config_files=tuple(config)).load().config.agent.profile
+        except ConfigError as exc:
+            for problem in exc.problems:
+                typer.echo(f"secretivex: config: {problem}", err=True)
+            raise typer.Exit(2) from None
+    try:
+        suggestion = suggest_queue_wait(profile)
+    except KeyError:
+        typer.echo(f"secretivex: unknown profile {profile!r}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(format_suggestion(suggestion, "json" if json_out else "quiet" if quiet else "text"))
+
+
 def _backend_options() -> dict[str, Any]:
     """uvloop when installed and not disabled (SECRETIVEX_UVLOOP=0)."""
     if os.environ.get("SECRETIVEX_UVLOOP", "1") == "0":
