@@ -253,6 +253,10 @@ def health_cmd(
                     f"  {store.get('name')} ({store.get('kind')}): {store.get('state')}, "
                     f"{store.get('keys')} keys{error}"
                 )
+                for key, value in sorted((store.get("detail") or {}).items()):
+                    if value not in (None, "", [], {}):
+                        shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+                        typer.echo(f"    {key}: {shown}")
             listeners = detail.get("listeners") or []
             if listeners:
                 typer.echo("listeners:")
