@@ -343,3 +343,43 @@ def test_print_env_and_zero_config_default_socket(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+def test_make_run_serves_the_users_ssh_keys(tmp_path: Path) -> None:
+    """The README's `make run`, as a new user would type it."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    if not (repo / "Makefile").exists() or not (repo / ".venv" / ".installed").exists():
+        reason = "needs the repository checkout with `make` already installed (.venv)"
+        if os.environ.get("SECRETIVEX_REQUIRE_ALL") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    keygen(home / ".ssh", "id_ecdsa", "ecdsa", 256, comment="make-run-key")
+    runtime = tmp_path / "xdg"
+    runtime.mkdir(mode=0o700)
+    env = dict(os.environ, HOME=str(home), XDG_RUNTIME_DIR=str(runtime))
+    for var in ("SECRETIVEX_CONFIG", "MAKEFLAGS", "MAKELEVEL", "MFLAGS"):
+        env.pop(var, None)
+    proc = subprocess.Popen(
+        ["make", "-s", "run"],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("SSH_AUTH_SOCK=")
+        sock = line.split("=", 1)[1].split(";", 1)[0]
+        listing = run(["ssh-add", "-l"], env=dict(env, SSH_AUTH_SOCK=sock)).stdout
+        assert fingerprint_of(home / ".ssh" / "id_ecdsa.pub") in listing
+        assert "make-run-key" in listing
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
