@@ -92,6 +92,7 @@ def queued(worker: ModuleWorker) -> int:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the agent's loop; trio may hop twice
 async def test_queued_jobs_run_in_the_drainers_thread_hop() -> None:
     worker = ModuleWorker("test-batch")
     rec = Recorder()
