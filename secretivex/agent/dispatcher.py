@@ -19,7 +19,7 @@ import anyio
 from secretivex import __version__, protocol
 from secretivex.agent.audit import AuditLog
 from secretivex.agent.listeners import ListenerSpec
-from secretivex.agent.lock import AgentLock, EmptyPassphrase
+from secretivex.agent.lock import AgentLock, EmptyPassphrase, UnlockBusy
 from secretivex.keys import KeyLoadError, key_from_wire, verify_signature
 from secretivex.metrics import MetricsRecorder
 from secretivex.policy import confirm as confirm_outcomes
@@ -477,7 +477,11 @@ class Dispatcher:
     async def unlock_agent(self, ctx: ConnectionContext, req: protocol.Unlock) -> bytes:
         if not ctx.listener.allow_lock:
             raise Outcome("lock_refused", "locking is disabled on this socket")
-        if not await self.lock.unlock(req.passphrase):
+        try:
+            unlocked = await self.lock.unlock(req.passphrase)
+        except UnlockBusy as exc:
+            raise Outcome("unlock_busy", str(exc)) from None
+        if not unlocked:
             raise Outcome("bad_passphrase")
         log.info("agent unlocked by uid %d", ctx.peer.uid)
         return SUCCESS

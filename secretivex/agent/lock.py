@@ -5,6 +5,10 @@ are serialized through one lock for the whole agent, and a failed attempt holds 
 lock for a delay that grows with each failure (0.1 s per failure, capped at 10 s), as
 OpenSSH's single-threaded agent sleeps after a failure: opening more connections does
 not buy more guesses. Only unlock attempts wait; every other request carries on.
+
+At most ``MAX_WAITING`` attempts wait in line; more are refused unchecked (``UnlockBusy``)
+after a short pause, so a flood of connections can neither buy guesses nor build a queue
+that keeps the owner's own ``ssh-add -X`` waiting behind minutes of penalties.
 """
 
 from __future__ import annotations
@@ -19,6 +23,12 @@ _ROUNDS = 1  # OpenSSH's LOCK_ROUNDS; bcrypt_pbkdf is deliberately expensive per
 _FAIL_DELAY_STEP_S = 0.1
 _MAX_FAIL_DELAY_S = 10.0
 _MAX_FAILURES = 100
+MAX_WAITING = 4
+_BUSY_PAUSE_MAX_S = 1.0
+
+
+class UnlockBusy(Exception):
+    """Too many unlock attempts already wait; this one was refused without a check."""
 
 
 class EmptyPassphrase(ValueError):
@@ -40,6 +50,7 @@ class AgentLock:
         self._attempts = anyio.Lock()
         #: One worker thread for the bcrypt hashes (they are deliberately slow).
         self._limiter = anyio.CapacityLimiter(1)
+        self._waiting = 0
 
     @property
     def locked(self) -> bool:
@@ -61,9 +72,25 @@ class AgentLock:
         self._salt, self._hash, self._failures = salt, digest, 0
         return True
 
+    def _delay(self) -> float:
+        return min(_FAIL_DELAY_STEP_S * self._failures, _MAX_FAIL_DELAY_S)
+
     async def unlock(self, passphrase: bytes) -> bool:
+        """True when unlocked; False for a wrong passphrase (after the agent-wide delay).
+
+        Raises ``UnlockBusy`` when ``MAX_WAITING`` attempts are already in line."""
         if not passphrase:
             return False  # never a valid passphrase (OpenSSH: "empty password not supported")
+        if self._waiting >= MAX_WAITING:
+            await anyio.sleep(min(self._delay(), _BUSY_PAUSE_MAX_S))
+            raise UnlockBusy("too many unlock attempts in progress")
+        self._waiting += 1
+        try:
+            return await self._attempt(passphrase)
+        finally:
+            self._waiting -= 1
+
+    async def _attempt(self, passphrase: bytes) -> bool:
         async with self._attempts:
             if self._hash is None:
                 return False
@@ -75,5 +102,5 @@ class AgentLock:
                 self._hash, self._failures = None, 0
                 return True
             self._failures = min(self._failures + 1, _MAX_FAILURES)
-            await anyio.sleep(min(_FAIL_DELAY_STEP_S * self._failures, _MAX_FAIL_DELAY_S))
+            await anyio.sleep(self._delay())
             return False
