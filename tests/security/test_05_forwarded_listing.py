@@ -57,9 +57,8 @@ def _load(env: dict[str, str], keys: dict[str, Path], known: Path) -> None:
 
 def _remote_listing(env: dict[str, str], server: Sshd, known: Path) -> set[str]:
     """``ssh -A hop ssh-add -l``: what the remote side sees through the forwarded agent."""
-    argv = server.ssh_argv("-A", "-o", "HostKeyAlias=hop", known_hosts=known) + [
-        "ssh-add -l; echo rc=$?"
-    ]
+    ssh = server.ssh_argv("-A", "-o", "HostKeyAlias=hop", known_hosts=known)
+    argv = [*ssh, "ssh-add -l; echo rc=$?"]
     out = run(argv, env=env, check=False)
     assert "rc=" in out.stdout, out.stderr
     return {line.split()[1] for line in out.stdout.splitlines() if line.startswith("256 ")}
