@@ -182,3 +182,43 @@ def test_add_flood_never_breaks_listing_and_openssh_breaks(tmp_path: Path) -> No
         assert ok_theirs == 5000
         broken = run(["ssh-add", "-l"], env={"SSH_AUTH_SOCK": str(theirs)}, check=False)
         assert broken.returncode != 0
+
+
+def test_smartcard_modules_only_through_the_main_socket(tmp_path: Path) -> None:
+    """A scoped peer cannot load a PKCS#11 module (its keys would have no scope) nor
+    unload the owner's: the request is refused before the module is touched."""
+    module = next(
+        (
+            m
+            for m in (
+                "/usr/lib/softhsm/libsofthsm2.so",
+                "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+            )
+            if Path(m).exists()
+        ),
+        "/usr/lib/libnothing-pkcs11.so",  # refused before it is opened either way
+    )
+    with shared_dir() as shared:
+        config, a, _b = _two_listeners(tmp_path, shared)
+        askpass = shared / "askpass"
+        askpass.write_text("#!/bin/sh\necho 1234\n")
+        askpass.chmod(0o755)
+        with running_agent(tmp_path, "--config", str(config)) as agent:
+            env = dict(
+                agent.env,
+                SSH_AUTH_SOCK=str(a),
+                SSH_ASKPASS=str(askpass),
+                SSH_ASKPASS_REQUIRE="force",
+                DISPLAY=":0",
+            )
+            assert as_uid(["ssh-add", "-s", module], env).returncode != 0
+            assert as_uid(["ssh-add", "-e", module], env).returncode != 0
+            log = agent.log()
+    assert "Traceback" not in log
+    refused = [
+        r
+        for r in _audit(tmp_path / "audit.jsonl")
+        if r["request"] in ("add_smartcard", "remove_smartcard")
+    ]
+    assert [r["outcome"] for r in refused] == ["add_refused", "add_refused"]
+    assert all("main socket" in str(r["detail"]) for r in refused)
