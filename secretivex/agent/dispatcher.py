@@ -112,6 +112,7 @@ class Dispatcher:
         self.lock = AgentLock()
         self._listing_frames: dict[int, tuple[tuple[Identity, ...], bytes]] = {}
         self._truncation_warned_at = -math.inf
+        self._constrained_memo: tuple[tuple[Identity, ...] | None, bool] = (None, False)
         self._handlers: dict[type, tuple[str, Handler]] = {
             protocol.RequestIdentities: ("list", self.request_identities),
             protocol.SignRequest: ("sign", self.sign),
@@ -199,7 +200,9 @@ class Dispatcher:
         if self.lock.locked:
             return protocol.encode_identities_answer(())
         idents = await self.registry.identities()
-        bound = bool(ctx.bindings)
+        # Only a bound connection with destination-constrained keys around needs its own
+        # listing; everyone else shares the listener's cached frame.
+        bound = bool(ctx.bindings) and self._constrained(idents)
         cached = None if bound else self._listing_frames.get(id(ctx.listener))
         if cached is not None and cached[0] is idents:
             self.metrics.on_list_cache(True)
@@ -214,6 +217,12 @@ class Dispatcher:
         if not bound:
             self._listing_frames[id(ctx.listener)] = (idents, frame)
         return frame
+
+    def _constrained(self, idents: tuple[Identity, ...]) -> bool:
+        """Whether any key in this listing carries destination constraints (memoized)."""
+        if self._constrained_memo[0] is not idents:
+            self._constrained_memo = (idents, any(i.constraints for i in idents))
+        return self._constrained_memo[1]
 
     def _fit_in_frame(self, idents: Iterable[Identity]) -> list[tuple[bytes, bytes]]:
         """The identities, in listing order, that fit in one agent message.

@@ -222,3 +222,23 @@ def test_smartcard_modules_only_through_the_main_socket(tmp_path: Path) -> None:
     ]
     assert [r["outcome"] for r in refused] == ["add_refused", "add_refused"]
     assert all("main socket" in str(r["detail"]) for r in refused)
+
+
+def test_memory_store_byte_bound_fails_cleanly(tmp_path: Path) -> None:
+    """Ed25519 entries cost ~450 bytes here: a 1,500-byte store takes three."""
+    audit = tmp_path / "audit.jsonl"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"stores: []\nagent:\n  max_added_bytes: 1500\naudit:\n  path: {audit}\n")
+    keys = [keygen(tmp_path, f"k{i}", comment=f"k{i}") for i in range(5)]
+    with running_agent(tmp_path, "--config", str(config)) as agent:
+        results = [agent.ssh_add(str(key), check=False).returncode for key in keys]
+        assert results == [0, 0, 0, 1, 1]
+        assert len(agent.ssh_add("-l").stdout.splitlines()) == 3
+        agent.ssh_add("-D")  # freeing room lets adds succeed again
+        assert agent.ssh_add(str(keys[4])).returncode == 0
+        log = agent.log()
+    assert "maximum of 1500 bytes" in log and "Traceback" not in log
+    assert [r["outcome"] for r in _audit(audit) if r["outcome"] == "store_full"] == [
+        "store_full",
+        "store_full",
+    ]
