@@ -8,8 +8,9 @@ the socket.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,15 +19,21 @@ import anyio
 from secretivex import __version__, protocol
 from secretivex.agent.audit import AuditLog
 from secretivex.agent.listeners import ListenerSpec
-from secretivex.agent.lock import AgentLock
+from secretivex.agent.lock import AgentLock, EmptyPassphrase, UnlockBusy
 from secretivex.keys import KeyLoadError, key_from_wire, verify_signature
 from secretivex.metrics import MetricsRecorder
 from secretivex.policy import confirm as confirm_outcomes
 from secretivex.policy.confirm import ConfirmRequest
-from secretivex.policy.destination import DestinationCheck, SessionBinding, check_destination
+from secretivex.policy.destination import (
+    DestinationCheck,
+    SessionBinding,
+    check_destination,
+    listing_permitted,
+)
 from secretivex.policy.engine import Policy
 from secretivex.policy.peer import PeerCredentials, executable, process_chain
 from secretivex.stores.base import Identity, KeyStore, StoreError, fingerprint_sha256
+from secretivex.stores.memory import OriginConflict, StoreFull
 from secretivex.stores.registry import StoreRegistry
 
 log = logging.getLogger(__name__)
@@ -36,6 +43,7 @@ SESSION_BIND_EXTENSION = "session-bind@openssh.com"
 QUERY_EXTENSION = "query"
 SUPPORTED_EXTENSIONS = (QUERY_EXTENSION, SESSION_BIND_EXTENSION, HEALTH_EXTENSION)
 MAX_BINDINGS = 16  # per connection, as OpenSSH
+LISTING_WARNING_INTERVAL_S = 10.0
 
 FAILURE = protocol.FAILURE_FRAME
 SUCCESS = protocol.SUCCESS_FRAME
@@ -103,6 +111,8 @@ class Dispatcher:
         self.spawn = spawn or (lambda fn: None)
         self.lock = AgentLock()
         self._listing_frames: dict[int, tuple[tuple[Identity, ...], bytes]] = {}
+        self._truncation_warned_at = -math.inf
+        self._constrained_memo: tuple[tuple[Identity, ...] | None, bool] = (None, False)
         self._handlers: dict[type, tuple[str, Handler]] = {
             protocol.RequestIdentities: ("list", self.request_identities),
             protocol.SignRequest: ("sign", self.sign),
@@ -190,17 +200,65 @@ class Dispatcher:
         if self.lock.locked:
             return protocol.encode_identities_answer(())
         idents = await self.registry.identities()
-        cached = self._listing_frames.get(id(ctx.listener))
+        # Only a bound connection with destination-constrained keys around needs its own
+        # listing; everyone else shares the listener's cached frame.
+        bound = bool(ctx.bindings) and self._constrained(idents)
+        cached = None if bound else self._listing_frames.get(id(ctx.listener))
         if cached is not None and cached[0] is idents:
             self.metrics.on_list_cache(True)
             return cached[1]
         self.metrics.on_list_cache(False)
-        visible = [
-            (i.blob, i.comment) for i in idents if ctx.listener.sees(i) and self.policy.permits(i)
-        ]
-        frame = protocol.encode_identities_answer(visible)
-        self._listing_frames[id(ctx.listener)] = (idents, frame)
+        visible = (i for i in idents if ctx.listener.sees(i) and self.policy.permits(i))
+        if bound:
+            # A connection ssh bound to a session (possibly forwarded) sees only keys
+            # its hops permit, as OpenSSH's agent lists them.
+            visible = (i for i in visible if listing_permitted(i, ctx.bindings))
+        frame = protocol.encode_identities_answer(self._fit_in_frame(visible))
+        if not bound:
+            self._listing_frames[id(ctx.listener)] = (idents, frame)
         return frame
+
+    def _constrained(self, idents: tuple[Identity, ...]) -> bool:
+        """Whether any key in this listing carries destination constraints (memoized)."""
+        if self._constrained_memo[0] is not idents:
+            self._constrained_memo = (idents, any(i.constraints for i in idents))
+        return self._constrained_memo[1]
+
+    def _fit_in_frame(self, idents: Iterable[Identity]) -> list[tuple[bytes, bytes]]:
+        """The identities, in listing order, that fit in one agent message.
+
+        The memory store refuses adds beyond its share of a frame, but configured,
+        upstream and smartcard stores may still list more than 256 KiB: rather than
+        failing every listing (what an oversized answer would do to every client), the
+        answer stops at the limit, keeping the earliest keys (configured stores come
+        first), and a rate-limited warning says how many were left out.
+        """
+        budget = protocol.MAX_MESSAGE_SIZE - 5
+        out: list[tuple[bytes, bytes]] = []
+        left_out = 0
+        for ident in idents:
+            try:
+                raw = ident.comment.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raw = ident.comment.encode("utf-8", "replace")
+            size = 8 + len(ident.blob) + len(raw)
+            if left_out or size > budget:
+                left_out += 1
+                continue
+            budget -= size
+            out.append((ident.blob, raw))
+        if left_out:
+            self._truncation_warning(left_out)
+        return out
+
+    def _truncation_warning(self, left_out: int) -> None:
+        now = time.monotonic()
+        if now - self._truncation_warned_at >= LISTING_WARNING_INTERVAL_S:
+            self._truncation_warned_at = now
+            log.warning(
+                "key listing truncated at the 256 KiB message limit: %d keys left out",
+                left_out,
+            )
 
     def invalidate(self) -> None:
         """Drop cached listings (policy or listeners changed)."""
@@ -301,9 +359,7 @@ class Dispatcher:
         others = [e for e in c.extensions if not isinstance(e, protocol.DestinationConstraints)]
         if others:
             raise Outcome("unsupported", f"constraint {type(others[0]).__name__} not supported")
-        ident = self.registry.memory.add(
-            key, req.comment, lifetime_s=c.lifetime, confirm=c.confirm, constraints=extra
-        )
+        ident = self._store_added(ctx, key, req.comment, c, extra)
         log.info(
             "added key %s %s (lifetime=%s confirm=%s destinations=%d)",
             ident.fingerprint,
@@ -314,26 +370,67 @@ class Dispatcher:
         )
         return SUCCESS
 
+    def _store_added(
+        self,
+        ctx: ConnectionContext,
+        key: Any,
+        comment: str,
+        c: protocol.Constraints,
+        extra: tuple[Any, ...],
+    ) -> Identity:
+        """Put an added key in the memory store, in the scope of the socket it came
+        through; a full store or a key held for another socket's scope is a failure."""
+        try:
+            return self.registry.memory.add(
+                key,
+                comment,
+                lifetime_s=c.lifetime,
+                confirm=c.confirm,
+                constraints=extra,
+                origin=ctx.listener.origin,
+            )
+        except StoreFull as exc:
+            raise Outcome("store_full", str(exc)) from None
+        except OriginConflict as exc:
+            raise Outcome("add_refused", str(exc)) from None
+
     async def remove_identity(self, ctx: ConnectionContext, req: protocol.RemoveIdentity) -> bytes:
+        """Remove one key. The main socket removes any ``ssh-add``ed key; a scoped
+        listener only keys added through it (never the owner's, even when it sees them)."""
         self._may_add(ctx)
         found = await self.registry.owner(req.key_blob)
         if found is None or not ctx.listener.sees(found[1]):
             raise Outcome("not_found")
         if not self.registry.is_removable(found[0]):
             raise Outcome("remove_refused", f"key belongs to configured store {found[0].name}")
-        self.registry.memory.remove(req.key_blob)
+        origin = None if ctx.listener.is_main else ctx.listener.origin
+        if not self.registry.memory.remove(req.key_blob, origin=origin):
+            raise Outcome("remove_refused", "key was not added through this socket")
         return SUCCESS
 
     async def remove_all(self, ctx: ConnectionContext, _: Any) -> bytes:
+        """``ssh-add -D``: on the main socket every added key and every ``ssh-add -s``
+        module; on a scoped listener only the keys added through that listener."""
         self._may_add(ctx)
+        if not ctx.listener.is_main:
+            removed = self.registry.memory.clear(origin=ctx.listener.origin)
+            log.info("removed %d keys added through %s", removed, ctx.listener.name)
+            return SUCCESS
         self.registry.memory.clear()
         for store in self.registry.smartcards:
             await store.aclose()
         self.registry.smartcards.clear()
         return SUCCESS
 
+    def _main_only(self, ctx: ConnectionContext, what: str) -> None:
+        if not ctx.listener.is_main:
+            raise Outcome("add_refused", f"{what} only through the main socket")
+
     async def add_smartcard(self, ctx: ConnectionContext, req: protocol.AddSmartcardKey) -> bytes:
         self._may_add(ctx)
+        # A module's keys cannot carry a listener scope, and loading code into the agent
+        # is the owner's decision: never through a scoped listener.
+        self._main_only(ctx, "PKCS#11 modules may be added")
         if req.constraints.lifetime or req.constraints.confirm or req.constraints.extensions:
             raise Outcome("unsupported", "constraints on smartcard keys are not supported")
         from secretivex.stores.pkcs11 import open_smartcard
@@ -363,6 +460,7 @@ class Dispatcher:
         self, ctx: ConnectionContext, req: protocol.RemoveSmartcardKey
     ) -> bytes:
         self._may_add(ctx)
+        self._main_only(ctx, "PKCS#11 modules may be removed")
         matching = self._smartcards_of(req.reader_id)
         if not matching:
             raise Outcome("not_found")
@@ -376,7 +474,11 @@ class Dispatcher:
     async def lock_agent(self, ctx: ConnectionContext, req: protocol.Lock) -> bytes:
         if not ctx.listener.allow_lock:
             raise Outcome("lock_refused", "locking is disabled on this socket")
-        if not await self.lock.lock(req.passphrase):
+        try:
+            locked = await self.lock.lock(req.passphrase)
+        except EmptyPassphrase as exc:
+            raise Outcome("bad_passphrase", str(exc)) from None
+        if not locked:
             raise Outcome("already_locked")
         log.info("agent locked by uid %d", ctx.peer.uid)
         return SUCCESS
@@ -384,7 +486,11 @@ class Dispatcher:
     async def unlock_agent(self, ctx: ConnectionContext, req: protocol.Unlock) -> bytes:
         if not ctx.listener.allow_lock:
             raise Outcome("lock_refused", "locking is disabled on this socket")
-        if not await self.lock.unlock(req.passphrase):
+        try:
+            unlocked = await self.lock.unlock(req.passphrase)
+        except UnlockBusy as exc:
+            raise Outcome("unlock_busy", str(exc)) from None
+        if not unlocked:
             raise Outcome("bad_passphrase")
         log.info("agent unlocked by uid %d", ctx.peer.uid)
         return SUCCESS
@@ -399,7 +505,7 @@ class Dispatcher:
         if req.name == SESSION_BIND_EXTENSION:
             return self._session_bind(ctx, req)
         if req.name == HEALTH_EXTENSION:
-            return _extension_reply(HEALTH_EXTENSION, self._health_json())
+            return _extension_reply(HEALTH_EXTENSION, await self._health_json(ctx))
         raise Outcome("ext_failure", f"unsupported extension {req.name[:64]!r}")
 
     def _session_bind(self, ctx: ConnectionContext, req: protocol.Extension) -> bytes:
@@ -421,23 +527,45 @@ class Dispatcher:
         ctx.bindings.append(SessionBinding(bind.host_key, bind.session_id, bind.is_forwarding))
         return SUCCESS
 
-    def _health_json(self) -> bytes:
+    async def _health_json(self, ctx: ConnectionContext) -> bytes:
+        """Agent state for ``client health``: everything on the main socket; on a scoped
+        listener only what that listener may see (stores it sees keys of, counted over
+        its keys, without paths or errors; itself among the listeners; no connection
+        counts), so a scoped peer learns nothing about out-of-scope keys or sockets."""
         import orjson
 
         doc: dict[str, Any] = {"version": __version__, "locked": self.lock.locked}
+        healths = self.registry.health()
+        if ctx.listener.is_main:
+            doc["stores"] = [_store_health(h) for h in healths]
+            doc.update(self.health())
+            return orjson.dumps(doc, default=str)
+        counts: dict[str, int] = {}
+        for ident in await self.registry.identities():
+            if ctx.listener.sees(ident) and self.policy.permits(ident):
+                counts[ident.store] = counts.get(ident.store, 0) + 1
         doc["stores"] = [
-            {
-                "name": h.name,
-                "kind": h.kind,
-                "state": h.state.value,
-                "keys": h.keys,
-                "last_error": h.last_error,
-                "detail": h.detail,
-            }
-            for h in self.registry.health()
+            {**_store_health(h), "keys": counts[h.name], "last_error": None, "detail": {}}
+            for h in healths
+            if h.name in counts
         ]
-        doc.update(self.health())
+        own = str(ctx.listener.path)
+        listeners = self.health().get("listeners") or []
+        doc["listeners"] = [
+            entry for entry in listeners if isinstance(entry, dict) and entry.get("socket") == own
+        ]
         return orjson.dumps(doc, default=str)
+
+
+def _store_health(h: Any) -> dict[str, Any]:
+    return {
+        "name": h.name,
+        "kind": h.kind,
+        "state": h.state.value,
+        "keys": h.keys,
+        "last_error": h.last_error,
+        "detail": h.detail,
+    }
 
 
 def _extension_reply(name: str, contents: bytes) -> bytes:

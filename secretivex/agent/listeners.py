@@ -20,6 +20,11 @@ from secretivex.stores.base import Identity
 log = logging.getLogger(__name__)
 
 
+#: Name of the main socket's spec (``agent/server.py`` builds it under this name; the
+#: configured listeners are ``listener-<n>``).
+MAIN_LISTENER_NAME = "agent"
+
+
 class ListenerError(Exception):
     """A socket could not be set up; the message says which path and why."""
 
@@ -40,8 +45,25 @@ class ListenerSpec:
     allow_lock: bool = True
     _visible: dict[bytes, bool] = field(default_factory=dict, repr=False)
 
+    @property
+    def is_main(self) -> bool:
+        """The main socket: the owner's, unscoped (sees keys added through any socket)."""
+        return self.name == MAIN_LISTENER_NAME
+
+    @property
+    def origin(self) -> str:
+        """What keys added through this socket record as their origin ("" = main)."""
+        return "" if self.is_main else str(self.path)
+
     def sees(self, ident: Identity) -> bool:
-        """Key scope: a key outside it is invisible here and cannot sign here."""
+        """Key scope: a key outside it is invisible here and cannot sign here.
+
+        A key ``ssh-add``ed through a scoped listener belongs to that listener: it is
+        seen there (whatever ``keys`` says: its peer supplied the private key) and on
+        the main socket, never on another listener even if its matchers would match.
+        """
+        if ident.origin:
+            return self.is_main or ident.origin == self.origin
         if not self.keys:
             return True
         seen = self._visible.get(ident.blob)

@@ -30,6 +30,7 @@ from secretivex.config.matchers import parse_matcher
 from secretivex.metrics import MetricsRecorder, run_metrics_writer
 from secretivex.policy.engine import Policy
 from secretivex.stores.base import KeyStore, StoreError
+from secretivex.stores.memory import MemoryStore
 from secretivex.stores.registry import StoreRegistry
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,12 @@ class Agent:
         self._reload_config = reload_config
         self._on_listening = on_listening
         self._inherited = dict(inherited or {})
-        self.registry = StoreRegistry([build_store(s, i) for i, s in enumerate(config.stores)])
+        self.registry = StoreRegistry(
+            [build_store(s, i) for i, s in enumerate(config.stores)],
+            MemoryStore(
+                max_keys=config.agent.max_added_keys, max_bytes=config.agent.max_added_bytes
+            ),
+        )
         self._store_configs = {store_name(s, i): s for i, s in enumerate(config.stores)}
         self.audit = AuditLog(config.audit.path)
         self.metrics = self._build_metrics(config)

@@ -385,6 +385,22 @@ class AgentSection(_Section):
         description="Let ssh-add -x/-X lock and unlock the agent through the main socket.",
         examples=[False],
     )
+    max_added_keys: int = Field(
+        default=1000,
+        ge=0,
+        description="Most keys ssh-add may hold in the in-memory store (all sockets "
+        "together); an add beyond it fails. The keys of one identities answer must also "
+        "fit in 256 KiB, which caps large keys and certificates earlier.",
+        examples=[100],
+    )
+    max_added_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=0,
+        description="Most bytes the in-memory store may hold for ssh-add'ed keys (key "
+        "material, certificates, comments, destination constraints); an add beyond it "
+        "fails.",
+        examples=[1048576],
+    )
     pkcs11_allowlist: list[str] = Field(
         default=["/usr/lib*/*", "/usr/local/lib*/*"],
         description="Globs of PKCS#11 modules that ssh-add -s may load (like ssh-agent -P); "

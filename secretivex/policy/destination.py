@@ -193,7 +193,15 @@ def check_destination(
 
 
 def listing_permitted(ident: Identity, bindings: Sequence[SessionBinding]) -> bool:
-    """Hide keys from a forwarded connection unless they may be used beyond it."""
-    if not bindings or not bindings[-1].is_forwarding or not _constraints(ident):
+    """Whether a bound connection may see this key in a listing, as OpenSSH's
+    ``process_request_identities`` decides: every recorded hop must be permitted, and
+    when the last hop is a forwarding one the key must also be usable *beyond* that
+    host (keys only good for authenticating to it stay hidden). Unconstrained keys and
+    unbound (local) connections see everything."""
+    constraints = _constraints(ident)
+    if not constraints or not bindings:
         return True
-    return identity_permitted(ident, bindings, None).allowed
+    if not identity_permitted(ident, bindings, None).allowed:
+        return False
+    last = bindings[-1]
+    return not last.is_forwarding or _permitted(constraints, last.host_key, None, None) is not None

@@ -42,6 +42,8 @@ class Identity:
 
     ``confirm`` marks keys added with ``ssh-add -c``; ``constraints`` carries protocol
     extension constraints (e.g. destination restrictions) the policy layer enforces.
+    ``origin`` names the scoped socket an ``ssh-add``ed key came through ("" = the main
+    socket or a configured store): such a key is never shown on any other listener.
     """
 
     blob: bytes
@@ -49,6 +51,7 @@ class Identity:
     store: str = ""
     confirm: bool = False
     constraints: tuple[Any, ...] = ()
+    origin: str = ""
     fingerprint: str = field(default="", compare=False)
     key_type: str = field(default="", compare=False)
 
