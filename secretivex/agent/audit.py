@@ -4,9 +4,10 @@ Never key material, signed data, passphrases or PINs: only fingerprints, sizes a
 outcomes.
 
 Integrity on a full or failing disk: each record is one ``os.write`` of one complete
-line, so records never interleave; a write that fails is dropped (signing goes on), and
-after a short (torn) write the next record starts with a newline, so every line that
-is complete is a whole JSON object. Drops are counted (``dropped``, the metrics'
+line, so records never interleave; a write that fails is dropped (signing goes on). A
+short write's fragment is cut off again (ftruncate); where that is impossible (stderr,
+a pipe) the next record starts with a newline, so a torn fragment never glues onto a
+good record. Drops are counted (``dropped``, the metrics'
 ``audit.dropped``) and reported by a WARNING at most every ``WARN_INTERVAL_S``.
 
 Refused peers are aggregated: the first ``peer_denied`` record per (listener, peer uid)
@@ -138,7 +139,7 @@ class AuditLog:
             self._dropped(exc.strerror or str(exc))
             return
         if written < len(data):
-            self._torn = True
+            self._torn = not self._cut(written)
             self._dropped("short write (disk full?)")
             return
         self._torn = False
@@ -153,6 +154,19 @@ class AuditLog:
             )
             self._unreported = 0
             self._last_reason = ""
+
+    def _cut(self, written: int) -> bool:
+        """Remove the fragment a short write appended; False when that is impossible
+        (a pipe, stderr), so the next record starts on a fresh line instead."""
+        assert self._fd is not None
+        try:
+            size = os.fstat(self._fd).st_size
+            if size < written:
+                return False
+            os.ftruncate(self._fd, size - written)
+        except OSError:
+            return False
+        return True
 
     def _dropped(self, reason: str) -> None:
         self.dropped += 1
