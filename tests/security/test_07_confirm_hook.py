@@ -239,3 +239,37 @@ def test_confirmation_that_cannot_be_asked_is_explained(tmp_path: Path) -> None:
     assert len(warnings) == 1, log
     denied = [r for r in _audit(audit) if r["request"] == "sign"]
     assert [(r["outcome"], r.get("detail")) for r in denied] == [("confirm_error", reason)]
+
+
+def test_askpass_fallback_gets_the_same_minimal_environment(tmp_path: Path) -> None:
+    """``ssh-add -c`` keys with no hook configured ask SSH_ASKPASS, as OpenSSH does; it
+    sees SSH_ASKPASS/SSH_ASKPASS_PROMPT besides the minimal set, nothing secret."""
+    require_tool("ssh-keygen", "ssh-add")
+    key = keygen(tmp_path, "id_ed25519", comment="askpass-confirmed")
+    dump = tmp_path / "askpass-env.json"
+    askpass = _script(
+        tmp_path / "askpass.py",
+        "import json, os, sys\n"
+        f"open({str(dump)!r}, 'w').write(json.dumps({{'env': dict(os.environ), "
+        "'argv': sys.argv[1:]}))",
+        shebang=os.path.realpath(sys.executable),
+    )
+    env = {"SSH_ASKPASS": str(askpass), "SECRETIVEX_KEY_PASSPHRASE": PASSPHRASE}
+    with running_agent(tmp_path, "--config", str(_empty_config(tmp_path)), env=env) as agent:
+        agent.ssh_add("-c", str(key), extra_env={"SSH_ASKPASS": ""})
+        assert _sign(agent.socket, _blob(key.with_suffix(".pub"))) == 14
+    seen = json.loads(dump.read_text())
+    names = set(seen["env"])
+    assert {"SSH_ASKPASS", "SSH_ASKPASS_PROMPT"} <= names
+    assert seen["env"]["SSH_ASKPASS_PROMPT"] == "confirm"
+    assert names - ALLOWED_NAMES - {"SSH_ASKPASS", "SSH_ASKPASS_PROMPT"} == {
+        n for n in names if n.startswith(("LC_", "SECRETIVEX_CONFIRM_"))
+    }
+    assert not any(PASSPHRASE in v for v in seen["env"].values())
+    assert "askpass-confirmed" in seen["argv"][0]
+
+
+def _empty_config(tmp: Path) -> Path:
+    config = tmp / "empty.yaml"
+    config.write_text("stores: []\n")
+    return config
