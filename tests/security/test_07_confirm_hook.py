@@ -130,15 +130,15 @@ def test_concurrent_hooks_are_capped_and_queued_requests_run_out_of_time(
 ) -> None:
     require_tool("ssh-keygen")
     key = keygen(tmp_path, "id_ed25519", comment="capped")
-    hook = _script(tmp_path / "slow-allow.sh", "sleep 2\nexit 0")
+    hook = _script(tmp_path / "slow-allow.sh", "sleep 4\nexit 0")
     audit = tmp_path / "audit.jsonl"
     config = tmp_path / "c.yaml"
-    # Default max_concurrent (4). Each hook allows after 2 s; timeout_ms (3 s) bounds
+    # Default max_concurrent (4). Each hook allows after 4 s; timeout_ms (6 s) bounds
     # queueing plus the hook, so the 4 requests queued behind the first 4 get a slot
-    # with about 1 s left and are denied as confirm_timeout.
+    # with about 2 s left and are denied as confirm_timeout (2 s margins both ways).
     config.write_text(
         f"stores:\n  - type: file\n    paths: [{key}]\n"
-        f"policy:\n  confirm:\n    command: [{hook}]\n    timeout_ms: 3000\n"
+        f"policy:\n  confirm:\n    command: [{hook}]\n    timeout_ms: 6000\n"
         f"audit:\n  path: {audit}\n"
     )
     blob = _blob(key.with_suffix(".pub"))
@@ -273,3 +273,33 @@ def _empty_config(tmp: Path) -> Path:
     config = tmp / "empty.yaml"
     config.write_text("stores: []\n")
     return config
+
+
+def test_request_queued_past_its_deadline_is_a_timeout_denial() -> None:
+    """In-process, real hook process: with the only slot held by a running hook, a
+    request whose deadline passes in the queue is denied without ever starting a hook."""
+    import anyio
+
+    from secretivex.policy.confirm import TIMEOUT, ConfirmRequest
+    from secretivex.policy.engine import Policy
+
+    request = ConfirmRequest("SHA256:x", "k", "ssh-ed25519", 1, "/s", 1, 0, 0, "", ())
+    policy = Policy(
+        confirm_command=["/bin/sleep", "3"], confirm_timeout_ms=1000, confirm_max_concurrent=1
+    )
+
+    async def main() -> tuple[str, str]:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(policy.confirm, request)  # holds the slot until its timeout
+            await anyio.sleep(0.3)
+            with anyio.CancelScope() as scope:
+                policy.confirm_timeout_s = 0.2  # this request's whole budget
+                verdict = await policy.confirm(request)
+            assert not scope.cancelled_caught
+            # Denied while the first hook still held the slot: it never left the queue.
+            assert policy.confirm_slots.running == 1
+            tg.cancel_scope.cancel()  # stops (and kills) the first hook
+        return verdict.outcome, verdict.reason
+
+    outcome, reason = anyio.run(main)
+    assert outcome == TIMEOUT and "queued behind 1 running" in reason
