@@ -59,7 +59,7 @@ async def serve_connection(
         except OSError:
             return
         tracker.next_id += 1
-        ctx = ConnectionContext(listener=listener, peer=peer, conn_id=tracker.next_id)
+        ctx = ConnectionContext(listener=listener, peer=peer, conn_id=tracker.next_id, sock=raw)
         if not listener.admits(peer):
             metrics.on_connection_rejected("peer_denied")
             dispatcher.audit.record(

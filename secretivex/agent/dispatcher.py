@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from secretivex.agent.lock import AgentLock, EmptyPassphrase, UnlockBusy
 from secretivex.keys import KeyLoadError, key_from_wire, verify_signature
 from secretivex.metrics import MetricsRecorder
 from secretivex.policy import confirm as confirm_outcomes
-from secretivex.policy.confirm import ConfirmRequest
+from secretivex.policy.confirm import ConfirmRequest, confirm_unless_hangup
 from secretivex.policy.destination import (
     DestinationCheck,
     SessionBinding,
@@ -55,6 +56,8 @@ class ConnectionContext:
     peer: PeerCredentials
     conn_id: int
     bindings: list[SessionBinding] = field(default_factory=list)
+    #: The client's socket, watched for a hang-up while a confirmation is pending.
+    sock: socket.socket | None = None
     _provenance: tuple[str, tuple[str, ...]] | None = None
 
     def provenance(self) -> tuple[str, tuple[str, ...]]:
@@ -327,15 +330,17 @@ class Dispatcher:
             peer_chain=chain,
             destination=destination,
         )
-        outcome = await self.policy.confirm(request)
+        verdict = await confirm_unless_hangup(self.policy.confirm(request), ctx.sock)
+        outcome = verdict.outcome
         self.metrics.on_confirm(outcome)
         if outcome in (confirm_outcomes.ALLOW, confirm_outcomes.CACHE_HIT):
             return
         code = {
             confirm_outcomes.TIMEOUT: "confirm_timeout",
             confirm_outcomes.ERROR: "confirm_error",
+            confirm_outcomes.HANGUP: "confirm_cancelled",
         }.get(outcome, "confirm_denied")
-        raise _with_fp(Outcome(code), ident)
+        raise _with_fp(Outcome(code, verdict.reason), ident)
 
     # -- adding and removing ----------------------------------------------------------
 

@@ -32,6 +32,7 @@ from secretivex.policy.engine import Policy
 from secretivex.stores.base import KeyStore, StoreError
 from secretivex.stores.memory import MemoryStore
 from secretivex.stores.registry import StoreRegistry
+from secretivex.stores.secrets import secret_reader as _secret_reader
 
 log = logging.getLogger(__name__)
 
@@ -41,25 +42,6 @@ MAIN_LISTENER = "agent"
 
 class AgentStartupError(Exception):
     """The agent cannot start (socket in use, bad store setup); exit code 1."""
-
-
-def _secret_reader(env_name: str | None, file_name: str | None) -> Callable[[], bytes | None]:
-    """Read a passphrase/PIN only when needed, from an env var or a file (first line)."""
-
-    def read() -> bytes | None:
-        if env_name:
-            value = os.environ.get(env_name)
-            return value.encode() if value is not None else None
-        if file_name:
-            try:
-                data = Path(os.path.expanduser(file_name)).read_bytes()
-            except OSError as exc:
-                log.warning("cannot read secret file %s: %s", file_name, exc.strerror)
-                return None
-            return data.splitlines()[0] if data else b""
-        return None
-
-    return read
 
 
 def store_name(cfg: Any, index: int) -> str:
@@ -97,6 +79,7 @@ def build_policy(cfg: Any) -> Policy:
         confirm_command=tuple(confirm.command or ()),
         confirm_timeout_ms=confirm.timeout_ms,
         confirm_cache_ms=confirm.cache_ms,
+        confirm_max_concurrent=confirm.max_concurrent,
         confirm_keys=_matchers(confirm.keys) if confirm.command else None,
     )
 
@@ -164,6 +147,7 @@ class Agent:
         self._store_configs = {store_name(s, i): s for i, s in enumerate(config.stores)}
         self.audit = AuditLog(config.audit.path)
         self.metrics = self._build_metrics(config)
+        self.audit.on_drop = self.metrics.on_audit_dropped
         agent = config.agent
         self.dispatcher = Dispatcher(
             self.registry,

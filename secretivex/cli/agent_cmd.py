@@ -94,6 +94,11 @@ def agent(
     """Run the agent (see `secretivex agent --help`)."""
     if ctx.invoked_subcommand is not None:
         return
+    from secretivex.agent.hardening import harden_process, log_problems
+
+    # Before anything reads a key, PIN or passphrase: no ptrace/proc-mem, no core file.
+    hardening_problems = harden_process()
+    from secretivex.agent.audit import AuditPathError
     from secretivex.agent.logs import setup_logging
     from secretivex.agent.server import Agent, AgentStartupError
     from secretivex.config import ConfigError
@@ -105,6 +110,7 @@ def agent(
             typer.echo(f"secretivex: config: {problem}", err=True)
         raise typer.Exit(2) from None
     setup_logging(cfg.logging.level, cfg.logging.format)
+    log_problems(hardening_problems)
     from secretivex.agent.server import MAIN_LISTENER
     from secretivex.agent.systemd import SystemdError, listen_fds
 
@@ -126,6 +132,9 @@ def agent(
     except AgentStartupError as exc:
         typer.echo(f"secretivex: {exc}", err=True)
         raise typer.Exit(1) from None
+    except AuditPathError as exc:
+        typer.echo(f"secretivex: config: {exc}", err=True)
+        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         pass
 

@@ -182,6 +182,12 @@ def render_prometheus(snapshot: Mapping[str, Any]) -> str:
     out.sample(name, cache.get("hits", 0), result="hit")
     out.sample(name, cache.get("misses", 0), result="miss")
 
+    audit = snapshot.get("audit") or {}
+    name = out.family(
+        "audit_dropped_total", "counter", "Audit records lost to a full or failing audit disk."
+    )
+    out.sample(name, audit.get("dropped", 0))
+
     stores = snapshot.get("stores") or []
     name = out.family(
         "store_state", "gauge", "1 for each store's current state (ok, degraded, stopped)."

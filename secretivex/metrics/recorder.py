@@ -101,6 +101,7 @@ class MetricsRecorder:
         self.confirm_reasons: dict[str, dict[str, int]] = {}
         self.list_cache_hits = 0
         self.list_cache_misses = 0
+        self.audit_dropped = 0
 
     def reset(self) -> None:
         """Zero every counter and histogram (SIGUSR2). Gauges keep their values."""
@@ -155,6 +156,10 @@ class MetricsRecorder:
             if reasons is None:
                 reasons = self.confirm_reasons[outcome] = {}
             _bump(reasons, reason)
+
+    def on_audit_dropped(self, count: int = 1) -> None:
+        """Audit records lost to a full or failing audit disk (signing went on)."""
+        self.audit_dropped += count
 
     def on_list_cache(self, hit: bool) -> None:
         if hit:
@@ -265,6 +270,7 @@ class MetricsRecorder:
                 "hit_ratio": (self.list_cache_hits / lookups) if lookups else None,
             },
             "stores": [dict(store) for store in self._stores],
+            "audit": {"dropped": self.audit_dropped},
         }
 
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 
 import anyio
+from anyio.abc import Process
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,7 @@ DENY = "deny"
 TIMEOUT = "timeout"
 ERROR = "error"
 CACHE_HIT = "cache_hit"
+HANGUP = "hangup"  # the client went away while its confirmation was pending
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,18 +69,68 @@ class ConfirmRequest:
         }
 
 
+#: Variables the hook inherits from the agent when set (what a GUI prompt needs to
+#: reach the person's display, and the locale); everything else, PINs and passphrases
+#: included, stays behind.
+HOOK_ENV_PASSTHROUGH = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LANGUAGE",
+    "DISPLAY",
+    "WAYLAND_DISPLAY",
+    "XDG_RUNTIME_DIR",
+    "XAUTHORITY",
+    "DBUS_SESSION_BUS_ADDRESS",
+)
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A confirmation's outcome (``ALLOW``, ``DENY``...) and, when not allowed, why."""
+
+    outcome: str
+    reason: str = ""
+
+
+def hook_environment(
+    source: Mapping[str, str], request: ConfirmRequest, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The hook's whole environment: the pass-through list, ``LC_*``, the
+    ``SECRETIVEX_CONFIRM_*`` description of the request and ``extra``."""
+    env = {name: source[name] for name in HOOK_ENV_PASSTHROUGH if name in source}
+    env.update((k, v) for k, v in source.items() if k.startswith("LC_"))
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.update(request.environ())
+    if extra:
+        env.update(extra)
+    return env
+
+
+async def _kill_group(process: Process) -> None:
+    """SIGKILL the hook's whole process group (it runs in its own session) and reap the
+    leader; the group id stays reserved until the leader is reaped, so this never hits
+    a stranger."""
+    with anyio.CancelScope(shield=True):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+
+
 async def run_confirm_command(
     argv: Sequence[str],
     request: ConfirmRequest,
     timeout_s: float,
     *,
     extra_env: Mapping[str, str] | None = None,
-) -> str:
-    """Run the hook; exit 0 allows, anything else, a timeout or a spawn failure denies."""
-    env = dict(os.environ)
-    env.update(request.environ())
-    if extra_env:
-        env.update(extra_env)
+) -> Verdict:
+    """Run the hook; exit 0 allows, anything else, a timeout or a spawn failure denies.
+
+    On a timeout, and when the request is cancelled (client gone, agent stopping), the
+    hook's process group is killed, children and grandchildren included.
+    """
+    env = hook_environment(os.environ, request, extra_env)
     try:
         process = await anyio.open_process(
             list(argv),
@@ -87,18 +141,41 @@ async def run_confirm_command(
             start_new_session=True,
         )
     except OSError as exc:
-        log.warning("confirm command %s could not start: %s", argv[0], exc.strerror or exc)
-        return ERROR
-    async with process:
+        reason = f"confirm command {argv[0]} could not start: {exc.strerror or exc}"
+        log.warning("%s", reason)
+        return Verdict(ERROR, reason)
+    try:
         with anyio.move_on_after(timeout_s if timeout_s > 0 else None) as scope:
             code = await process.wait()
-        if scope.cancelled_caught:
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, 9)
-                await process.wait()
-            return TIMEOUT
-    return ALLOW if code == 0 else DENY
+    except BaseException:
+        await _kill_group(process)
+        raise
+    if scope.cancelled_caught:
+        await _kill_group(process)
+        return Verdict(TIMEOUT, f"no answer within {timeout_s:g} s")
+    return Verdict(ALLOW) if code == 0 else Verdict(DENY, f"confirm command exited {code}")
+
+
+class ConfirmSlots:
+    """At most ``limit`` hooks run at once; later requests queue (FIFO) until a slot is
+    free or their deadline passes. A stuck or slow prompt program cannot make the agent
+    fork without bound."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.running = 0
+        self._semaphore = anyio.Semaphore(self.limit)
+
+    async def acquire_before(self, deadline: float) -> bool:
+        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+            await self._semaphore.acquire()
+            self.running += 1
+            return True
+        return False
+
+    def release(self) -> None:
+        self.running -= 1
+        self._semaphore.release()
 
 
 class ApprovalCache:
@@ -124,3 +201,46 @@ class ApprovalCache:
         if self.window_s > 0:
             key = (request.fingerprint, request.peer_uid, request.socket)
             self._until[key] = time.monotonic() + self.window_s
+
+
+async def wait_for_hangup(sock: socket.socket) -> None:
+    """Return once the client has closed its end of the connection.
+
+    The connection's stream owns the descriptor and is not reading while a request is
+    handled, so a duplicate is peeked at a few times a second (no data is consumed; a
+    pipelined request already waiting means the client is still there).
+    """
+    with socket.socket(fileno=os.dup(sock.fileno())) as probe:
+        while True:
+            try:
+                data = probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+            except OSError:
+                return
+            else:
+                if not data:
+                    return
+                await anyio.sleep_forever()
+            await anyio.sleep(0.2)
+
+
+async def confirm_unless_hangup(asking: Awaitable[Verdict], sock: socket.socket | None) -> Verdict:
+    """Await the confirmation, cancelling it (which kills the hook's process group) when
+    the client hangs up first."""
+    if sock is None:
+        return await asking
+    verdict: Verdict | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            await wait_for_hangup(sock)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        verdict = await asking
+        tg.cancel_scope.cancel()
+    if verdict is None:
+        log.info("client hung up while its confirmation was pending; hook stopped")
+        return Verdict(HANGUP, "client hung up while the confirmation was pending")
+    return verdict

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Protocol
+
+import anyio
 
 from secretivex.policy.confirm import (
     ALLOW,
     CACHE_HIT,
     ERROR,
+    TIMEOUT,
     ApprovalCache,
     ConfirmRequest,
+    ConfirmSlots,
+    Verdict,
     run_confirm_command,
 )
 from secretivex.stores.base import Identity
+
+log = logging.getLogger(__name__)
+
+#: Why a confirmation could not even be asked (audit detail and WARNING).
+NO_CONFIRM_PROGRAM = "no confirm command and SSH_ASKPASS unset"
 
 
 class KeyMatcher(Protocol):
@@ -40,6 +51,7 @@ class Policy:
         confirm_timeout_ms: int = 30_000,
         confirm_cache_ms: int = 0,
         confirm_keys: Sequence[KeyMatcher] | None = None,
+        confirm_max_concurrent: int = 4,
     ) -> None:
         self.allow = tuple(allow)
         self.deny = tuple(deny)
@@ -48,6 +60,8 @@ class Policy:
         #: None = the hook applies to no key unless configured; () = every key.
         self.confirm_keys = None if confirm_keys is None else tuple(confirm_keys)
         self.approvals = ApprovalCache(confirm_cache_ms)
+        #: Per policy object: after a reload, hooks still running finish under the old cap.
+        self.confirm_slots = ConfirmSlots(confirm_max_concurrent)
         self._permits: dict[bytes, bool] = {}
 
     def permits(self, ident: Identity) -> bool:
@@ -68,19 +82,43 @@ class Policy:
             return False
         return not self.confirm_keys or any_match(self.confirm_keys, ident)
 
-    async def confirm(self, request: ConfirmRequest) -> str:
+    async def confirm(self, request: ConfirmRequest) -> Verdict:
+        """Ask the hook (or SSH_ASKPASS for ``ssh-add -c`` keys when no hook is set).
+
+        ``timeout_ms`` bounds the whole wait: queueing for a hook slot
+        (``max_concurrent``) and the hook itself; running out is a denial.
+        """
         if self.approvals.hit(request):
-            return CACHE_HIT
+            return Verdict(CACHE_HIT)
         argv: tuple[str, ...] = self.confirm_command
         extra: dict[str, str] = {}
         if not argv:
             # As OpenSSH: with no hook configured, ssh-add -c keys ask SSH_ASKPASS.
             askpass = os.environ.get("SSH_ASKPASS")
             if not askpass:
-                return ERROR
+                log.warning(
+                    "cannot confirm use of key %s by uid %d pid %d: %s; denied",
+                    request.fingerprint,
+                    request.peer_uid,
+                    request.peer_pid,
+                    NO_CONFIRM_PROGRAM,
+                )
+                return Verdict(ERROR, NO_CONFIRM_PROGRAM)
             argv = (askpass, request.message())
-            extra = {"SSH_ASKPASS_PROMPT": "confirm"}
-        outcome = await run_confirm_command(argv, request, self.confirm_timeout_s, extra_env=extra)
-        if outcome == ALLOW:
+            extra = {"SSH_ASKPASS": askpass, "SSH_ASKPASS_PROMPT": "confirm"}
+        deadline = anyio.current_time() + self.confirm_timeout_s
+        slots = self.confirm_slots
+        if not await slots.acquire_before(deadline):
+            return Verdict(
+                TIMEOUT,
+                f"queued behind {slots.limit} running confirmations for "
+                f"{self.confirm_timeout_s:g} s",
+            )
+        try:
+            remaining = max(deadline - anyio.current_time(), 0.001)
+            verdict = await run_confirm_command(argv, request, remaining, extra_env=extra)
+        finally:
+            slots.release()
+        if verdict.outcome == ALLOW:
             self.approvals.remember(request)
-        return outcome
+        return verdict

@@ -11,6 +11,7 @@ import anyio
 
 from secretivex.keys import KeyLoadError, SoftwareKey, load_private_key_file, looks_like_private_key
 from secretivex.stores.base import Identity, KeyStore, SignError, StoreHealth, StoreState
+from secretivex.stores.secrets import warn_if_exposed
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class FileStore(KeyStore):
                 problems.append(f"{root}: {exc.strerror or exc}")
                 continue
             for path in files:
+                warn_if_exposed(path, "private key file")
                 try:
                     try:
                         key = load_private_key_file(path, None)

@@ -54,6 +54,7 @@ from secretivex.stores.pkcs11_keys import (
     sign_plan,
 )
 from secretivex.stores.pkcs11_worker import ModuleWorker
+from secretivex.stores.secrets import SecretSource
 
 log = logging.getLogger(__name__)
 
@@ -186,25 +187,15 @@ class _FixedPin:
 
 
 def pin_from_env(name: str) -> PinSource:
-    def read() -> str:
-        value = os.environ.get(name)
-        if value is None:
-            raise StoreError(f"PIN environment variable {name} is not set")
-        return value
-
-    return read
+    """The PIN from an environment variable, taken out of the environment now (see
+    ``stores/secrets.py``) and kept in memory for re-logins after a token fault."""
+    return SecretSource(env=name, what="PIN")
 
 
 def pin_from_file(path: str | os.PathLike[str]) -> PinSource:
-    def read() -> str:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                return handle.readline().rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-            raise StoreError(f"cannot read PIN file {os.fspath(path)}: {reason}") from None
-
-    return read
+    """The PIN from a file's first line, read at each login (warns if group/other can
+    read it)."""
+    return SecretSource(file=path, what="PIN")
 
 
 # --------------------------------------------------------------------------- state
@@ -539,7 +530,10 @@ class Pkcs11Store(KeyStore):
             return None
         pin = self._pin_source()
         if isinstance(pin, bytes):
-            pin = pin.decode("utf-8")
+            try:
+                pin = pin.decode("utf-8")
+            except UnicodeDecodeError:
+                raise StoreError(f"the PIN of {self.name} is not UTF-8") from None
         return pin or None
 
     async def _open_token(self) -> bool:

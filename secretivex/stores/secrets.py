@@ -1,0 +1,140 @@
+"""PINs and passphrases named by the config (``*_env`` or ``*_file``), read one way for
+every store.
+
+An environment variable is taken out of the environment the first time a store is built
+with it: its value moves into this process's memory (made non-dumpable by
+``agent/hardening.py``), so confirm hooks and other children never inherit it and
+``/proc/PID/environ`` no longer shows it, while SIGHUP reloads and PKCS#11 re-logins
+after a token fault still find it. A file is read each time it is needed (first line,
+so a rotated PIN file is picked up on reload); a file readable by group or others is
+warned about once, naming the file, never its content.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+from secretivex.stores.base import StoreError
+
+log = logging.getLogger(__name__)
+
+#: Values taken out of the environment, by variable name (process-wide, so a store
+#: rebuilt by a reload finds what an earlier one took).
+_TAKEN: dict[str, bytes] = {}
+#: (path, mode) pairs already warned about, so reloads do not repeat the warning.
+_WARNED: set[tuple[str, int]] = set()
+
+
+class SecretUnavailable(StoreError):
+    """The named variable is unset or the named file cannot be read (says which, never
+    the value)."""
+
+
+def _scrub_initial_environment(name: str) -> None:
+    """Overwrite the value in the process's initial environment block (what
+    ``/proc/PID/environ`` shows, even to root) before unsetting it; best effort."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.getenv.restype = ctypes.c_void_p
+        libc.getenv.argtypes = [ctypes.c_char_p]
+        pointer = libc.getenv(os.fsencode(name))
+        if pointer:
+            ctypes.memset(pointer, 0, len(ctypes.string_at(pointer)))
+    except (OSError, AttributeError):  # no libc: unsetting below is still done
+        pass
+
+
+def take_from_environment(name: str) -> bytes | None:
+    """The variable's value, removed from ``os.environ`` (and the C environment) on the
+    first call; later calls return the remembered value."""
+    value = os.environb.get(os.fsencode(name))
+    if value is not None:
+        _TAKEN[name] = bytes(value)
+        _scrub_initial_environment(name)
+        os.environ.pop(name, None)
+    return _TAKEN.get(name)
+
+
+def warn_if_exposed(path: Path, what: str) -> None:
+    """Warn once when a secret or key file is readable by group or others."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode) or not mode & 0o044:
+        return
+    marker = (str(path), stat.S_IMODE(mode))
+    if marker in _WARNED:
+        return
+    _WARNED.add(marker)
+    log.warning(
+        "%s %s is readable by %s (mode %04o); chmod go-rwx it",
+        what,
+        path,
+        "group and others" if mode & 0o044 == 0o044 else "group" if mode & 0o040 else "others",
+        stat.S_IMODE(mode),
+    )
+
+
+class SecretSource:
+    """A PIN or passphrase from an environment variable or a file's first line.
+
+    Calling it returns the bytes or raises ``SecretUnavailable``; its repr never shows
+    the value. Building it takes an environment variable out of the environment.
+    """
+
+    __slots__ = ("env", "file", "what")
+
+    def __init__(
+        self, *, env: str | None = None, file: str | os.PathLike[str] | None = None, what: str
+    ) -> None:
+        self.env = env or None
+        self.file = Path(os.path.expanduser(os.fspath(file))) if file else None
+        self.what = what
+        if self.env:
+            take_from_environment(self.env)
+
+    def __call__(self) -> bytes:
+        if self.env:
+            value = take_from_environment(self.env)
+            if value is None:
+                raise SecretUnavailable(f"{self.what} environment variable {self.env} is not set")
+            return value
+        if self.file is not None:
+            warn_if_exposed(self.file, f"{self.what} file")
+            try:
+                data = self.file.read_bytes()
+            except OSError as exc:
+                raise SecretUnavailable(
+                    f"cannot read {self.what} file {self.file}: {exc.strerror or exc}"
+                ) from None
+            return data.splitlines()[0] if data else b""
+        raise SecretUnavailable(f"no {self.what} configured")
+
+    def __repr__(self) -> str:
+        source = f"env {self.env}" if self.env else f"file {self.file}"
+        return f"<{self.what} from {source}, value hidden>"
+
+
+def secret_reader(
+    env_name: str | None, file_name: str | None, what: str = "passphrase"
+) -> Callable[[], bytes | None]:
+    """For the file store: None when nothing is configured or it cannot be read (logged)."""
+    if not env_name and not file_name:
+        return lambda: None
+    source = SecretSource(env=env_name, file=file_name, what=what)
+
+    def read() -> bytes | None:
+        try:
+            return source()
+        except SecretUnavailable as exc:
+            log.warning("%s", exc)
+            return None
+
+    return read
