@@ -65,7 +65,7 @@ def test_importorskip_of_a_missing_test_package_fails_and_names_it(tmp_path: Pat
     env = {"PYTHONPATH": str(blocker.parent)}
 
     relaxed = _pytest(target, require_all=False, env=env)
-    assert relaxed.returncode == 0, relaxed.stdout + relaxed.stderr
+    assert relaxed.returncode in (0, 5), relaxed.stdout + relaxed.stderr  # 5: nothing ran
     assert "1 skipped" in relaxed.stdout
 
     strict = _pytest(target, require_all=True, env=env)
