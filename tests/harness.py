@@ -246,8 +246,12 @@ class Sshd:
         ]
 
 
-def start_sshd(tmp: Path, authorized_keys: Sequence[str], *, name: str = "sshd") -> Sshd:
-    """A real sshd on 127.0.0.1 (random port) accepting exactly these public keys."""
+def start_sshd(
+    tmp: Path, authorized_keys: Sequence[str], *, name: str = "sshd", extra_config: str = ""
+) -> Sshd:
+    """A real sshd on 127.0.0.1 (random port) accepting exactly these public keys.
+
+    ``extra_config``: more sshd_config lines (e.g. ``TrustedUserCAKeys``)."""
     base = tmp / name
     base.mkdir(mode=0o700)
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "host_ed25519")])
@@ -262,7 +266,7 @@ def start_sshd(tmp: Path, authorized_keys: Sequence[str], *, name: str = "sshd")
         f"AuthorizedKeysFile {auth}\nStrictModes no\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\n"
         f"PidFile {base / 'sshd.pid'}\nLogLevel VERBOSE\nAllowAgentForwarding yes\n"
-        "Subsystem sftp internal-sftp\n"
+        "Subsystem sftp internal-sftp\n" + extra_config
     )
     Path("/run/sshd").mkdir(exist_ok=True)
     log_path = base / "sshd.log"
