@@ -23,6 +23,7 @@ from harness import (
     run,
     running_agent,
     start_sshd,
+    verify_ssh_signature,
 )
 
 pytestmark = pytest.mark.openssh
@@ -85,9 +86,10 @@ def _raw_sign(sock: Path, pub: Path) -> bool:
     blob = b64decode(pub.read_text().split()[1])
     with SyncAgentClient.connect(str(sock)) as client:
         try:
-            client.sign(blob, b"direct request")
+            signature = client.sign(blob, b"direct request")
         except AgentFailure:
             return False
+    verify_ssh_signature(pub, b"direct request", signature)  # a real signature by that key
     return True
 
 
