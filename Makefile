@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-unit lint format image bench system-deps clean gen image-clean docker-stop nix-check flake-check release-check dist test-container gates
+.PHONY: help venv run test test-unit lint format image bench system-deps clean gen image-clean docker-stop nix-check flake-check release-check dist test-container gates fuzz
 
 help:
 	@echo "make run    - install into $(VENV) and run the agent on its zero-config default"
@@ -15,6 +15,7 @@ help:
 	@echo "make image  - build the container images (secretivex:dev, secretivex:softhsm)"
 	@echo "make bench  - full side-by-side comparison with OpenSSH's ssh-agent (~7 min)"
 	@echo "make gates  - short smoke/SLO/reconnect/soak gates and comparison"
+	@echo "make fuzz   - long stateful fuzz of a real agent (FUZZ_STEPS, FUZZ_SEED=N|random, FUZZ_RUNS)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +60,17 @@ gates: $(STAMP)
 	RECONNECT_DURATION=1s bash ci/gate-reconnect.sh
 	SOAK_DURATION=4 bash ci/soak.sh
 	COMPARE_SHORT=1 bash ci/compare-openssh.sh
+
+# Long stateful fuzz of one real agent process per run (make test runs a short, fixed
+# seed). FUZZ_SEED=random picks a new seed each run; a failure prints its seed.
+FUZZ_STEPS ?= 5000
+FUZZ_SEED ?= random
+FUZZ_RUNS ?= 3
+fuzz: $(STAMP)
+	for run in $$(seq $(FUZZ_RUNS)); do \
+	  SECRETIVEX_FUZZ_STEPS=$(FUZZ_STEPS) SECRETIVEX_FUZZ_SEED=$(FUZZ_SEED) \
+	    $(BIN)/pytest -q -s -p no:randomly -o timeout=0 tests/integration/test_agent_fuzz.py || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) build dist .build *.egg-info

@@ -97,6 +97,52 @@ def fingerprint_of(pub: Path) -> str:
     return run(["ssh-keygen", "-lf", str(pub)]).stdout.split()[1]
 
 
+def verify_ssh_signature(public_key: bytes | Path, data: bytes, signature: bytes) -> str:
+    """Check an agent's SSH signature blob with ``cryptography``; return its algorithm.
+
+    ``public_key``: the public key blob, or a ``.pub`` file. Independent of the
+    package's own verifier: a wrong signature raises ``InvalidSignature``.
+    """
+    import base64
+    import struct
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    if isinstance(public_key, Path):
+        public_key = base64.b64decode(public_key.read_text().split()[1])
+    key_type = public_key[4 : 4 + struct.unpack(">I", public_key[:4])[0]]
+    key = load_ssh_public_key(key_type + b" " + base64.b64encode(public_key))
+
+    def strings(blob: bytes) -> list[bytes]:
+        out, pos = [], 0
+        while pos < len(blob):
+            (n,) = struct.unpack_from(">I", blob, pos)
+            out.append(blob[pos + 4 : pos + 4 + n])
+            pos += 4 + n
+        assert pos == len(blob), "trailing bytes in signature"
+        return out
+
+    alg_raw, raw = strings(signature)
+    alg = alg_raw.decode()
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        assert alg == "ssh-ed25519", alg
+        key.verify(raw, data)
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        assert alg == key_type.decode(), alg
+        r, s_ = (int.from_bytes(x, "big") for x in strings(raw))
+        digest = {256: hashes.SHA256(), 384: hashes.SHA384(), 521: hashes.SHA512()}
+        key.verify(encode_dss_signature(r, s_), data, ec.ECDSA(digest[key.curve.key_size]))
+    elif isinstance(key, rsa.RSAPublicKey):
+        rsa_digest = {"rsa-sha2-256": hashes.SHA256(), "rsa-sha2-512": hashes.SHA512()}
+        key.verify(raw, data, padding.PKCS1v15(), rsa_digest.get(alg, hashes.SHA1()))
+    else:
+        raise AssertionError(f"unexpected key type {key_type!r}")
+    return alg
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -246,8 +292,12 @@ class Sshd:
         ]
 
 
-def start_sshd(tmp: Path, authorized_keys: Sequence[str], *, name: str = "sshd") -> Sshd:
-    """A real sshd on 127.0.0.1 (random port) accepting exactly these public keys."""
+def start_sshd(
+    tmp: Path, authorized_keys: Sequence[str], *, name: str = "sshd", extra_config: str = ""
+) -> Sshd:
+    """A real sshd on 127.0.0.1 (random port) accepting exactly these public keys.
+
+    ``extra_config``: more sshd_config lines (e.g. ``TrustedUserCAKeys``)."""
     base = tmp / name
     base.mkdir(mode=0o700)
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "host_ed25519")])
@@ -262,7 +312,7 @@ def start_sshd(tmp: Path, authorized_keys: Sequence[str], *, name: str = "sshd")
         f"AuthorizedKeysFile {auth}\nStrictModes no\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\n"
         f"PidFile {base / 'sshd.pid'}\nLogLevel VERBOSE\nAllowAgentForwarding yes\n"
-        "Subsystem sftp internal-sftp\n"
+        "Subsystem sftp internal-sftp\n" + extra_config
     )
     Path("/run/sshd").mkdir(exist_ok=True)
     log_path = base / "sshd.log"

@@ -8,7 +8,15 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import SECRETIVEX, fingerprint_of, keygen, require_tool, run, running_agent
+from harness import (
+    SECRETIVEX,
+    fingerprint_of,
+    keygen,
+    require_tool,
+    run,
+    running_agent,
+    verify_ssh_signature,
+)
 
 pytestmark = pytest.mark.openssh
 
@@ -77,7 +85,7 @@ def test_sighup_applies_a_valid_config_and_keeps_connections(tmp_path: Path) -> 
             assert _listed(agent.env, extra_sock) == {fingerprint_of(two.with_suffix(".pub"))}
             # The connection opened before the reload still works.
             blob = held.list_identities()[0].blob
-            assert held.sign(blob, b"after reload")
+            verify_ssh_signature(blob, b"after reload", held.sign(blob, b"after reload"))
             # Listener removed on the next reload; its socket file goes away.
             config.write_text(f"stores:\n  - type: file\n    paths: [{two}]\n")
             agent.signal(signal.SIGHUP)

@@ -61,13 +61,26 @@ def test_smoke_gate(tmp_path: Path, agent: str) -> None:
     assert leftovers(tmp_path) == []  # temp dir removed, agent stopped by the trap
 
 
+# Envelopes that no run can miss: this test checks that the gate runs, judges and
+# reports (fresh metrics, every check printed, no failed request). Absolute throughput
+# and latency envelopes belong to `make gates` (ci/gate-slo.sh defaults), never to
+# `make test` on a shared 2-core host.
+NO_ENVELOPE = {
+    "SLO_MIN_RPS": "0",
+    "SLO_MAX_P95_US": str(3_600 * 10**6),
+    "SLO_QUEUE_WAIT_TAIL_NS": str(3_600 * 10**9),
+    "SLO_QUEUE_WAIT_TAIL_MAX_RATIO": "1",
+}
+
+
 def test_slo_gate_passes_with_fresh_metrics(tmp_path: Path) -> None:
     out = tmp_path / "slo.json"
     proc = gate("gate-slo.sh", tmp_path, SLO_DURATION="1s", SLO_CONCURRENCY="16",
-                SLO_OUTPUT=str(out))  # fmt: skip
+                SLO_OUTPUT=str(out), **NO_ENVELOPE)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "PASS metrics_fresh" in proc.stdout
-    assert "PASS queue_wait_tail" in proc.stdout
+    for check in ("attempted", "failure_rate", "rps", "latency_p95", "metrics_fresh"):
+        assert f"PASS {check}:" in proc.stdout, (check, proc.stdout)
+    assert "PASS queue_wait_tail:" in proc.stdout and "PASS worker_failures: 0" in proc.stdout
     report = json.loads(out.read_text())
     assert report["queue_wait"]["fresh"] is True
     assert report["run"]["reconnect"] is True and report["run"]["warmup_per_worker"] == 0

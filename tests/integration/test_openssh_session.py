@@ -159,9 +159,13 @@ def test_confirm_constraint_asks_askpass(tmp_path: Path) -> None:
         run(sign, env=agent.env)
 
 
-def test_certificate_is_listed_and_signs(tmp_path: Path) -> None:
+def test_certificate_is_listed_and_logs_in_with_trusted_user_ca(tmp_path: Path) -> None:
+    """The agent's certificate is what logs in: sshd trusts only the CA, and the user's
+    plain key is in no authorized_keys file."""
+    require_tool("/usr/sbin/sshd")
     ca = keygen(tmp_path, "ca", "ed25519")
     user = keygen(tmp_path, "user", "ed25519", comment="certified")
+    login = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
     run(
         [
             "ssh-keygen",
@@ -171,7 +175,7 @@ def test_certificate_is_listed_and_signs(tmp_path: Path) -> None:
             "-I",
             "user-id",
             "-n",
-            "alice",
+            login,
             "-V",
             "+1h",
             str(user.with_suffix(".pub")),
@@ -179,10 +183,29 @@ def test_certificate_is_listed_and_signs(tmp_path: Path) -> None:
     )
     cert = Path(f"{user}-cert.pub")
     assert cert.exists()
-    with running_agent(tmp_path, "--key", str(user)) as agent:
-        listing = agent.ssh_add("-L").stdout
-        assert "ssh-ed25519-cert-v01@openssh.com" in listing
-        assert cert.read_text().split()[1] in listing
+    sshd = start_sshd(tmp_path, [], extra_config=f"TrustedUserCAKeys {ca.with_suffix('.pub')}\n")
+    try:
+        with running_agent(tmp_path, "--key", str(user)) as agent:
+            listing = agent.ssh_add("-L").stdout
+            assert "ssh-ed25519-cert-v01@openssh.com" in listing
+            assert cert.read_text().split()[1] in listing
+            proc = run([*sshd.ssh_argv(), "echo", "cert-login-ok"], env=agent.env)
+            assert "cert-login-ok" in proc.stdout
+        log = sshd.log_path.read_text()
+        assert 'Accepted certificate ID "user-id"' in log, log[-2000:]
+        # The same agent without the certificate (plain key only) is refused.
+        plain = tmp_path / "plain"
+        plain.mkdir()
+        for suffix in ("", ".pub"):
+            (plain / f"user{suffix}").write_bytes(Path(f"{user}{suffix}").read_bytes())
+        (plain / "user").chmod(0o600)
+        with running_agent(tmp_path / "plain", "--key", str(plain / "user")) as agent:
+            refused = run([*sshd.ssh_argv(), "true"], env=agent.env, check=False)
+            assert refused.returncode == 255, refused.stderr
+            assert "Permission denied" in refused.stderr
+    finally:
+        sshd.proc.terminate()
+        sshd.proc.wait(10)
 
 
 def test_encrypted_key_with_passphrase_env(tmp_path: Path) -> None:

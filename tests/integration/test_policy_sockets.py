@@ -23,6 +23,7 @@ from harness import (
     run,
     running_agent,
     start_sshd,
+    verify_ssh_signature,
 )
 
 pytestmark = pytest.mark.openssh
@@ -85,9 +86,10 @@ def _raw_sign(sock: Path, pub: Path) -> bool:
     blob = b64decode(pub.read_text().split()[1])
     with SyncAgentClient.connect(str(sock)) as client:
         try:
-            client.sign(blob, b"direct request")
+            signature = client.sign(blob, b"direct request")
         except AgentFailure:
             return False
+    verify_ssh_signature(pub, b"direct request", signature)  # a real signature by that key
     return True
 
 
@@ -214,39 +216,68 @@ def test_confirm_hook_allow_deny_timeout_and_cache(tmp_path: Path, keys: Path) -
     assert outcomes[2:] == ["ok", "ok", "ok"]
 
 
+def _wait_for_file(path: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout}s"
+        time.sleep(0.01)
+
+
 def test_pending_confirmation_does_not_block_other_clients(tmp_path: Path, keys: Path) -> None:
-    hook = _hook(tmp_path, "slow-allow.sh", "sleep 2; exit 0")
+    """While one client's confirmation is pending (the hook is running and will not
+    finish until the test says so), another client signs again and again; only then is
+    the hook released. Events and ordering only: no rates, no sleeps to order things."""
+    started, release = tmp_path / "hook-started", tmp_path / "hook-release"
+    hook = _hook(
+        tmp_path,
+        "held-allow.sh",
+        # (gives up after ~20 s by itself, so an agent that blocks fails instead of hanging)
+        f"touch '{started}'\ni=0\n"
+        f"while [ ! -e '{release}' ] && [ $i -lt 1000 ]; do sleep 0.02; i=$((i+1)); done\nexit 0",
+    )
     config = tmp_path / "c.yaml"
     config.write_text(
         f"stores:\n  - type: file\n    paths: [{keys}]\n"
         f"policy:\n  confirm:\n    command: [{hook}]\n    keys: ['comment:ci-release']\n"
     )
+    from secretivex.client import SyncAgentClient
+
+    events: list[str] = []
+    result: dict[str, bytes | BaseException] = {}
     with running_agent(tmp_path, "--config", str(config)) as agent:
-        result: dict[str, object] = {}
 
         def confirm_needed() -> None:
-            t0 = time.monotonic()
-            result["rc"] = _sign(
-                agent.env, agent.socket, keys / "ci_release.pub", tmp_path
-            ).returncode
-            result["took"] = time.monotonic() - t0
+            try:
+                with SyncAgentClient.connect(str(agent.socket)) as client:
+                    blob = next(
+                        i.blob for i in client.list_identities() if i.comment == "ci-release"
+                    )
+                    result["signature"] = client.sign(blob, b"needs a yes")
+            except BaseException as exc:  # reported by the main thread
+                result["error"] = exc
+            events.append("confirmed-sign-returned")
 
         waiting = threading.Thread(target=confirm_needed)
         waiting.start()
-        time.sleep(0.3)
-        from secretivex.client import SyncAgentClient
-
-        with SyncAgentClient.connect(str(agent.socket)) as client:
-            blob = next(i.blob for i in client.list_identities() if i.comment == "ci-deploy")
-            t0 = time.monotonic()
-            signed = 0
-            while time.monotonic() - t0 < 1.2:
-                client.sign(blob, b"meanwhile")
-                signed += 1
-        waiting.join(15)
-    assert result["rc"] == 0
-    assert result["took"] >= 2  # type: ignore[operator]
-    assert signed > 50, f"only {signed} signatures while a confirmation was pending"
+        try:
+            _wait_for_file(started)  # the confirmation is now pending
+            with SyncAgentClient.connect(str(agent.socket)) as client:
+                blob = next(i.blob for i in client.list_identities() if i.comment == "ci-deploy")
+                for n in range(20):
+                    data = b"meanwhile %d" % n
+                    verify_ssh_signature(keys / "ci_deploy.pub", data, client.sign(blob, data))
+                    events.append("other-signed")
+            assert waiting.is_alive() and not release.exists()
+            events.append("released")
+        finally:
+            release.touch()
+            waiting.join(30)
+    assert not waiting.is_alive()
+    assert "error" not in result, result.get("error")
+    assert events == ["other-signed"] * 20 + ["released", "confirmed-sign-returned"]
+    signature = result["signature"]
+    assert isinstance(signature, bytes)
+    verify_ssh_signature(keys / "ci_release.pub", b"needs a yes", signature)
 
 
 def test_ssh_add_c_uses_the_confirm_hook(tmp_path: Path, keys: Path) -> None:
