@@ -268,6 +268,7 @@ class AgentFuzzer:
     trace: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=40))
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
     wrong_unlocks: int = 0
+    lock_attempts: int = 0
     next_conn: int = 0
 
     def __post_init__(self) -> None:
@@ -342,6 +343,16 @@ class AgentFuzzer:
         may: dict[bytes, str] = {}
         for blob, mk in list(self.model.items()):
             state = mk.state(t0, t1)
+            if (
+                state != "gone"
+                and conn is not None
+                and conn.session is not None
+                and mk.dest_host is not None
+                and mk.dest_host != conn.session[0]
+            ):
+                # As OpenSSH: a bound connection lists a destination-constrained key only
+                # when its bound host is a permitted destination.
+                continue
             if state == "present":
                 must[blob] = mk.comment
             elif state == "either":
@@ -529,11 +540,13 @@ class AgentFuzzer:
 
     def op_lock(self) -> None:
         c = self.conn()
-        # (not "": an empty lock passphrase is an internal error today, reported separately)
         phrase = self.rng.choice(["pw", "correct horse", "\u00e9t\u00e9"])
+        self.lock_attempts += 1
+        if self.lock_attempts % 4 == 0:
+            phrase = ""  # every fourth attempt: an empty passphrase, refused as OpenSSH does
         reply = c.request(protocol.encode_request(Lock(phrase.encode())))
         self.note(f"lock {phrase!r} on {c.label}")
-        if self.locked is not None:
+        if self.locked is not None or not phrase:
             self.expect(reply, FAILURE, "lock while locked")
             return
         self.expect(reply, SUCCESS, "lock")
