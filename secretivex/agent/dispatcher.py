@@ -90,6 +90,7 @@ class Dispatcher:
         audit: AuditLog | None = None,
         health: Callable[[], dict[str, Any]] | None = None,
         spawn: Callable[[Callable[[], Awaitable[None]]], None] | None = None,
+        default_lifetime_s: int = 0,
     ) -> None:
         self.registry = registry
         self.policy = policy
@@ -102,6 +103,8 @@ class Dispatcher:
         #: Starts a background task in the agent's task group (store maintenance).
         self.spawn = spawn or (lambda fn: None)
         self.lock = AgentLock()
+        #: ``agent.default_lifetime`` / ``-t``: applied when ssh-add sets no lifetime.
+        self.default_lifetime_s = default_lifetime_s
         self._listing_frames: dict[int, tuple[tuple[Identity, ...], bytes]] = {}
         self._handlers: dict[type, tuple[str, Handler]] = {
             protocol.RequestIdentities: ("list", self.request_identities),
@@ -301,14 +304,15 @@ class Dispatcher:
         others = [e for e in c.extensions if not isinstance(e, protocol.DestinationConstraints)]
         if others:
             raise Outcome("unsupported", f"constraint {type(others[0]).__name__} not supported")
+        lifetime = c.lifetime or self.default_lifetime_s or None
         ident = self.registry.memory.add(
-            key, req.comment, lifetime_s=c.lifetime, confirm=c.confirm, constraints=extra
+            key, req.comment, lifetime_s=lifetime, confirm=c.confirm, constraints=extra
         )
         log.info(
             "added key %s %s (lifetime=%s confirm=%s destinations=%d)",
             ident.fingerprint,
             req.comment,
-            c.lifetime,
+            lifetime,
             c.confirm,
             len(extra),
         )

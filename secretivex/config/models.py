@@ -39,6 +39,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from secretivex.config.lifetime import parse_lifetime
 from secretivex.config.matchers import Matcher, MatcherError, parse_matcher
 from secretivex.config.profiles import (
     DEFAULT_PROFILE,
@@ -294,6 +295,29 @@ Group = Annotated[
 ]
 
 
+def _lifetime(value: Any) -> int:
+    if not isinstance(value, (int, str)) or isinstance(value, bool):
+        _fail("lifetime", f"lifetime must be seconds or a time like 1h30m, not {_type_name(value)}")
+    try:
+        return parse_lifetime(value)
+    except ValueError as exc:
+        _fail("lifetime", str(exc))
+
+
+Lifetime = Annotated[
+    int,
+    PlainValidator(_lifetime),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": "^([0-9]+[smhdwSMHDW]?)+$"},
+            ]
+        }
+    ),
+]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -390,6 +414,13 @@ class AgentSection(_Section):
         description="Globs of PKCS#11 modules that ssh-add -s may load (like ssh-agent -P); "
         "[] forbids ssh-add -s.",
         examples=[["/usr/lib/x86_64-linux-gnu/*"]],
+    )
+
+    default_lifetime: Lifetime = Field(
+        default=0,
+        description="Lifetime given to keys added by ssh-add without -t, in seconds or "
+        "OpenSSH's time format (1h30m, 2d); 0 = until removed. Like ssh-agent -t.",
+        examples=["1h30m"],
     )
 
     @field_validator("pkcs11_allowlist")
