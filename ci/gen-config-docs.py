@@ -25,6 +25,8 @@ from secretivex.config.schema import render_schema  # noqa: E402
 TARGETS: dict[Path, Callable[[str], str]] = {
     ROOT / "docs" / "configuration.md": update_document,
     ROOT / "config" / "secretivex.schema.json": lambda _old: render_schema(),
+    # The copy shipped in the wheel (`secretivex config schema --path`).
+    ROOT / "secretivex" / "config" / "secretivex.schema.json": lambda _old: render_schema(),
 }
 
 

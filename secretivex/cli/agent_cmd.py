@@ -41,8 +41,9 @@ def load_agent_config(
     socket: Path | None,
     keys: list[Path],
     extra_overrides: dict[str, Any] | None = None,
-) -> tuple[Any, Any]:
-    """Load the layered config plus CLI flags; returns (config, reload function)."""
+) -> tuple[Any, Any, list[Any]]:
+    """Load the layered config plus CLI flags; returns (config, reload function, the
+    first load's warnings for the caller to log once logging is set up)."""
     from secretivex.config import FileStore, LoadRequest
 
     overrides: dict[str, Any] = dict(extra_overrides or {})
@@ -59,13 +60,20 @@ def load_agent_config(
         else None
     )
 
-    def reload() -> Any:
-        cfg = request.load().config
+    def build(loaded: Any) -> Any:
+        cfg = loaded.config
         if cli_store is not None:
             cfg = cfg.model_copy(update={"stores": [*cfg.stores, cli_store]})
         return cfg
 
-    return reload(), reload
+    def reload() -> Any:
+        loaded = request.load()
+        for warning in loaded.warnings:
+            log.warning("config: %s", warning)
+        return build(loaded)
+
+    first = request.load()
+    return build(first), reload, list(first.warnings)
 
 
 @agent_app.callback()
@@ -159,15 +167,20 @@ def agent(
         except ValueError as exc:
             _usage(f"-t: {exc}")
     try:
-        cfg, reload = load_agent_config(
+        cfg, reload, warnings = load_agent_config(
             [c.expanduser().absolute() for c in config], socket, key, overrides
         )
     except ConfigError as exc:
+        for warning in exc.warnings:
+            typer.echo(f"secretivex: warning: config: {warning}", err=True)
         for problem in exc.problems:
             typer.echo(f"secretivex: config: {problem}", err=True)
         raise typer.Exit(2) from None
     level = "debug" if debug else cfg.logging.level
     if daemon:
+        # The daemon's log may go nowhere: say it here, where the user is looking.
+        for warning in warnings:
+            typer.echo(f"secretivex: warning: config: {warning}", err=True)
         logs = log_file.expanduser().absolute() if log_file is not None else None
 
         def serve(on_listening: Any) -> None:
@@ -183,6 +196,8 @@ def agent(
         sys.stdout.flush()
         return
     setup_logging(level, cfg.logging.format)
+    for warning in warnings:
+        log.warning("config: %s", warning)
     from secretivex.agent.server import MAIN_LISTENER, AgentStartupError
     from secretivex.agent.systemd import SystemdError, listen_fds
 
