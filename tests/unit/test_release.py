@@ -115,6 +115,8 @@ def test_build_sdist_and_wheel_then_install_and_run(tmp_path: Path) -> None:
         "secretivex/py.typed",
         "secretivex/agent/systemd.py",
         "secretivex/config/secretivex.schema.json",  # for editors: config schema --path
+        "secretivex/units/secretivex.service",  # for install-units --user
+        "secretivex/units/secretivex.socket",
     ]:
         assert member in files, member
     assert not any(name.startswith(("tests/", "nixos-module/")) for name in files)
