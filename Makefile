@@ -20,7 +20,7 @@ help:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev,testing]'
+	$(BIN)/pip install --quiet -e '.[test,dev,testing,plot]'
 	touch $(STAMP)
 
 venv: $(STAMP)
