@@ -108,8 +108,11 @@ def test_daemon_outlives_the_shell_that_started_it(tmp_path: Path) -> None:
     require_tool("bash", "ssh-add", "ssh-keygen")
     key = keygen(tmp_path, "laptop")
     sock = tmp_path / "agent.sock"
+    log = tmp_path / "agent.log"
     env = _env(tmp_path)
-    started = _shell(["bash", "-c"], f"secretivex agent --daemon -s -t 2 -a {sock}", env)
+    started = _shell(
+        ["bash", "-c"], f"secretivex agent --daemon -s -t 2 -a {sock} --log-file {log}", env
+    )
     assert started.returncode == 0, started.stderr
     pid = _pid_from(started.stdout)
     assert started.stdout == (
@@ -135,6 +138,10 @@ def test_daemon_outlives_the_shell_that_started_it(tmp_path: Path) -> None:
         killed = _shell(["bash", "-c"], 'eval "$(secretivex agent --kill)"; env', env)
     assert killed.returncode == 0, killed.stderr
     assert "SSH_AGENT_PID=" not in killed.stdout and "SSH_AUTH_SOCK=" not in killed.stdout
+    # --log-file kept the daemon's log: start, the ssh-add'ed key with its lifetime, stop.
+    logged = log.read_text()
+    assert f"secretivex listening on {sock}" in logged
+    assert "lifetime=2" in logged and "secretivex stopped" in logged
     assert f"Agent pid {pid} killed" in killed.stdout
     assert _gone(pid)
     assert not sock.exists()
