@@ -15,7 +15,8 @@ log = logging.getLogger("secretivex")
 
 agent_app = typer.Typer(
     help=(
-        "Run the SSH agent in the foreground (logs to stderr).\n\n"
+        "Run the SSH agent: in the foreground by default (logs to stderr), or in the "
+        "background with --daemon.\n\n"
         "With no configuration it listens on $XDG_RUNTIME_DIR/secretivex/agent.sock "
         "(or ~/.secretivex/agent.sock), serves the private keys in ~/.ssh and accepts "
         "keys from ssh-add. Point clients at it with "
