@@ -4,12 +4,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.runtime-installed
 PYTEST_ARGS ?=
 
 .PHONY: help venv run test test-unit lint format image bench system-deps clean gen image-clean docker-stop nix-check flake-check release-check dist test-container gates fuzz
 
 help:
-	@echo "make run    - install into $(VENV) and run the agent on its zero-config default"
+	@echo "make run    - install into $(VENV) (runtime deps only) and run the agent on its zero-config default"
 	@echo "make test   - install system packages + test deps and run the whole suite"
 	@echo "make lint   - ruff check, ruff format --check, mypy --strict, shellcheck"
 	@echo "make image  - build the container images (secretivex:dev, secretivex:softhsm)"
@@ -20,12 +21,20 @@ help:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev,testing]'
+	$(BIN)/pip install --quiet -e '.[test,dev,testing,plot]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-run: $(STAMP)
+# `make run` needs the runtime dependencies only (the test and dev extras come with
+# `make test` / `make venv`).
+$(RUN_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+run: $(RUN_STAMP)
 	$(BIN)/secretivex agent --print-env
 
 system-deps:

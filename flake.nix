@@ -51,7 +51,6 @@
                 python-pkcs11
                 pyyaml
                 pydantic
-                pydantic-settings
                 typer
                 orjson
                 rich

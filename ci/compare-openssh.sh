@@ -159,7 +159,7 @@ sx bench compare "${compare_args[@]}" --json >"$out/compare.json"
   printf '## secretivex vs OpenSSH ssh-agent (%s)\n\n' "$(date -u +%Y-%m-%dT%H:%MZ)"
   printf 'Host: %s CPUs, %s; runs per scenario and agent: %s; persistent/reconnect runs %s, fan-out %s with %s workers; generator processes: %s.\n\n' \
     "$(nproc)" "$(uname -sr)" "$rounds" "$duration" "$fanout_duration" "$fanout_workers" "$processes"
-  sx bench compare "${compare_args[@]}"
+  sx bench compare "${compare_args[@]}" --plot-dir "$out"   # <scenario>.latency.svg beside compare.md
   printf '\n| extra | openssh | secretivex | target |\n| --- | --- | --- | --- |\n'
   printf '| RSS with %s idle connections | %d KiB | %d KiB | secretivex <= 65536 KiB |\n' \
     "$idle_connections" "$idle_ossh" "$idle_sx"
@@ -170,7 +170,7 @@ cat "$out/table.md"
 sx_artifact "$out/table.md" "$out/compare.json"
 
 if [[ "${COMPARE_ENFORCE:-0}" == 1 ]]; then
-  sx bench compare "${compare_args[@]}" --enforce >/dev/null || {
+  sx bench compare "${compare_args[@]}" --enforce --no-plots >/dev/null || {
     sx_log "FAIL: a target ratio was missed"
     exit 3
   }

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Regenerate what is derived from the config models.
+"""Regenerate what is derived from the config models (and other copies shipped in the wheel).
 
 * the generated blocks of docs/configuration.md (profiles and key reference tables)
-* config/secretivex.schema.json (same as `secretivex config schema`)
+* config/secretivex.schema.json (same as `secretivex config schema`) and its copy in
+  the package
+* secretivex/units/: copies of packaging/systemd for `secretivex install-units --user`
 
 Usage:
     ci/gen-config-docs.py            # rewrite stale files
@@ -22,9 +24,18 @@ sys.path.insert(0, str(ROOT))  # works from a checkout without an install
 from secretivex.config.docs import update_document  # noqa: E402
 from secretivex.config.schema import render_schema  # noqa: E402
 
+def _unit(name: str) -> str:
+    return (ROOT / "packaging" / "systemd" / name).read_text(encoding="utf-8")
+
+
 TARGETS: dict[Path, Callable[[str], str]] = {
     ROOT / "docs" / "configuration.md": update_document,
     ROOT / "config" / "secretivex.schema.json": lambda _old: render_schema(),
+    # The copy shipped in the wheel (`secretivex config schema --path`).
+    ROOT / "secretivex" / "config" / "secretivex.schema.json": lambda _old: render_schema(),
+    # The user units `secretivex install-units --user` installs, shipped in the wheel.
+    ROOT / "secretivex" / "units" / "secretivex.socket": lambda _old: _unit("secretivex.socket"),
+    ROOT / "secretivex" / "units" / "secretivex.service": lambda _old: _unit("secretivex.service"),
 }
 
 

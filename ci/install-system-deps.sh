@@ -8,7 +8,7 @@
 #
 # Groups (default: all):
 #   base     git procps util-linux ca-certificates   (git over ssh, pgrep, setpriv)
-#   openssh  openssh-client openssh-server           (ssh-add, ssh-keygen -Y, ssh, sshd)
+#   openssh  openssh-client openssh-server csh       (ssh-add, ssh-keygen -Y, ssh, sshd; csh for the eval tests)
 #   softhsm  softhsm2 opensc                         (softhsm2-util, pkcs11-tool)
 #   docker   docker.io debootstrap                   (engine + base image; an existing
 #                                                     dockerd/docker, e.g. docker-ce, counts)
@@ -27,7 +27,7 @@ set -euo pipefail
 all_groups=(base openssh softhsm docker nix systemd lint)
 declare -A packages=(
     [base]="git procps util-linux ca-certificates"
-    [openssh]="openssh-client openssh-server"
+    [openssh]="openssh-client openssh-server csh"
     [softhsm]="softhsm2 opensc"
     [docker]="docker.io debootstrap"
     [nix]="nix-bin"

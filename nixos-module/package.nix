@@ -15,7 +15,6 @@
   python-pkcs11,
   pyyaml,
   pydantic,
-  pydantic-settings,
   typer,
   orjson,
   rich,
@@ -56,7 +55,6 @@ let
     python-pkcs11
     pyyaml
     pydantic
-    pydantic-settings
     typer
     orjson
     rich

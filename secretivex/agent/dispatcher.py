@@ -101,6 +101,7 @@ class Dispatcher:
         audit: AuditLog | None = None,
         health: Callable[[], dict[str, Any]] | None = None,
         spawn: Callable[[Callable[[], Awaitable[None]]], None] | None = None,
+        default_lifetime_s: int = 0,
     ) -> None:
         self.registry = registry
         self.policy = policy
@@ -113,6 +114,8 @@ class Dispatcher:
         #: Starts a background task in the agent's task group (store maintenance).
         self.spawn = spawn or (lambda fn: None)
         self.lock = AgentLock()
+        #: ``agent.default_lifetime`` / ``-t``: applied when ssh-add sets no lifetime.
+        self.default_lifetime_s = default_lifetime_s
         self._listing_frames: dict[int, tuple[tuple[Identity, ...], bytes]] = {}
         self._truncation_warned_at = -math.inf
         self._constrained_memo: tuple[tuple[Identity, ...] | None, bool] = (None, False)
@@ -369,7 +372,7 @@ class Dispatcher:
             "added key %s %s (lifetime=%s confirm=%s destinations=%d)",
             ident.fingerprint,
             req.comment,
-            c.lifetime,
+            c.lifetime or self.default_lifetime_s or None,
             c.confirm,
             len(extra),
         )
@@ -389,7 +392,7 @@ class Dispatcher:
             return self.registry.memory.add(
                 key,
                 comment,
-                lifetime_s=c.lifetime,
+                lifetime_s=c.lifetime or self.default_lifetime_s or None,
                 confirm=c.confirm,
                 constraints=extra,
                 origin=ctx.listener.origin,

@@ -159,6 +159,7 @@ class Agent:
             audit=self.audit,
             health=self._health_extra,
             spawn=self._spawn_maintenance,
+            default_lifetime_s=agent.default_lifetime,
         )
         self.tracker = ConnectionTracker(agent.max_connections)
         self.idle_timeout_s = agent.idle_timeout_ms / 1000 if agent.idle_timeout_ms else None
@@ -398,6 +399,7 @@ class Agent:
         self.registry.configured = new_stores
         self._store_configs = store_configs
         self.dispatcher.policy = policy
+        self.dispatcher.default_lifetime_s = new.agent.default_lifetime
         self.dispatcher.invalidate()
         self.config = new
         assert self._tg is not None

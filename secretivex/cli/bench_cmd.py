@@ -164,7 +164,11 @@ def run_cmd(
         Path | None, typer.Option("--out", "-o", help="Also write the JSON report here.")
     ] = None,
     progress: Annotated[
-        bool | None, typer.Option(help="Progress bar (default: only when stderr is a TTY).")
+        bool | None,
+        typer.Option(
+            help="Show progress on stderr: a bar on a terminal, a plain line every 2 s "
+            "otherwise (CI logs). Default: only when stderr is a terminal."
+        ),
     ] = None,
 ) -> None:
     """Run a benchmark against an agent and report throughput, latency and failures."""
@@ -208,8 +212,12 @@ def run_cmd(
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
-    show = sys.stderr.isatty() if progress is None else progress
-    report = _run_with_progress(opts) if show else run_bench(opts)
+    tty = sys.stderr.isatty()
+    show = tty if progress is None else progress
+    if not show:
+        report = run_bench(opts)
+    else:
+        report = _run_with_progress(opts) if tty else _plain_progress(opts)
     text = json.dumps(report, indent=2) + "\n"
     if out is not None:
         _write_atomic(out, text)
@@ -219,6 +227,57 @@ def run_cmd(
         sys.stdout.write(render_csv(report, header=csv_header))
     else:
         typer.echo(render_text(report))
+
+
+def _write_plots(
+    runs: dict[str, dict[str, list[dict[str, Any]]]],
+    agents: tuple[str, str],
+    directory: Path,
+    fmt: str,
+) -> list[Path]:
+    from secretivex.bench.plots import PlotUnavailableError, plot_scenario
+
+    written = []
+    for scenario, by_agent in runs.items():
+        chosen = {name: by_agent[name] for name in agents if name in by_agent}
+        try:
+            path = plot_scenario(scenario, chosen, directory, fmt=fmt)
+        except PlotUnavailableError as exc:
+            typer.echo(f"secretivex: plots skipped: {exc}", err=True)
+            return []
+        except OSError as exc:
+            fail(f"cannot write plot in {directory}: {exc.strerror or exc}")
+        if path is not None:
+            written.append(path)
+    return written
+
+
+def _plain_progress(opts: Any) -> dict[str, Any]:
+    """Progress for logs (stderr is not a terminal): a plain line every few seconds."""
+    import time
+
+    from secretivex.bench.runner import run_bench
+
+    interval_s = 2.0
+    started = time.monotonic()
+    state = {"next": started + interval_s, "done": 0, "at": started}
+
+    def hook(done: int, total: int | None, fraction: float) -> None:
+        now = time.monotonic()
+        if now < state["next"]:
+            return
+        rate = (done - state["done"]) / (now - state["at"]) if now > state["at"] else 0.0
+        state.update(next=now + interval_s, done=done, at=now)
+        where = f"{done:,}/{total:,} requests" if total else f"{done:,} requests, {fraction:.0%}"
+        sys.stderr.write(f"bench: {where}, {rate:,.0f} req/s, {now - started:.1f}s elapsed\n")
+        sys.stderr.flush()
+
+    report = run_bench(opts, progress=hook)
+    elapsed = time.monotonic() - started
+    done = int((report.get("results") or {}).get("attempted") or state["done"])
+    sys.stderr.write(f"bench: done, {done:,} requests in {elapsed:.1f}s\n")
+    sys.stderr.flush()
+    return report
 
 
 def _run_with_progress(opts: Any) -> dict[str, Any]:
@@ -470,8 +529,20 @@ def compare_cmd(
     ] = None,
     enforce: Annotated[bool, typer.Option(help="Exit 3 when a target is missed.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Rows as JSON.")] = False,
+    plot_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write <scenario>.latency.svg (latency percentiles of both agents) here; "
+            "the Markdown links to them by file name, so save it in the same directory. "
+            "Default: DIRECTORY (Markdown output only). Needs matplotlib "
+            "(pip install 'secretivex[plot]'); without it the table is printed alone.",
+        ),
+    ] = None,
+    plots: Annotated[bool, typer.Option(help="Write the latency plots.")] = True,
+    plot_format: Annotated[str, typer.Option(help="svg or png.")] = "svg",
 ) -> None:
-    """Ratio table of median rps and p99 between two agents across scenarios."""
+    """Ratio table of median rps and p99 between two agents across scenarios, with a
+    latency-distribution plot per scenario."""
     from secretivex.bench.gates import compare_runs, load_compare_dir, render_compare_markdown
 
     if not directory.is_dir():
@@ -479,12 +550,23 @@ def compare_cmd(
     runs = load_compare_dir(directory)
     if not runs:
         fail(f"no <scenario>__<agent>__<n>.json reports in {directory}")
+    if plot_format not in ("svg", "png"):
+        raise UsageError(f"--plot-format must be svg or png, not {plot_format!r}")
     rows = compare_runs(
         runs, baseline, candidate, _parse_targets(targets), _parse_targets(p99_targets)
     )
+    written: list[Path] = []
+    if plots and (plot_dir is not None or not json_out):
+        written = _write_plots(runs, (baseline, candidate), plot_dir or directory, plot_format)
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
     else:
-        typer.echo(render_compare_markdown(rows, baseline, candidate))
+        text = render_compare_markdown(rows, baseline, candidate)
+        if written:
+            text += "\n\n" + "\n".join(
+                f"![{path.name.split('.latency.')[0]}: latency distribution]({path.name})"
+                for path in written
+            )
+        typer.echo(text)
     if enforce and any(row["meets_target"] is False for row in rows):
         raise typer.Exit(EXIT_GUARDRAIL)

@@ -212,6 +212,10 @@ def health_cmd(
     for store in stores:
         if store.get("state") != "ok":
             problems.append(f"store {store.get('name')} is {store.get('state')}")
+        for skipped in (store.get("detail") or {}).get("skipped") or []:
+            # An unreadable or missing key file is not an outage, but it is why a key
+            # someone expects is not listed.
+            problems.append(f"store {store.get('name')} skipped {skipped}")
     document = {
         "socket": path,
         "reachable": True,
@@ -254,9 +258,15 @@ def health_cmd(
                     f"{store.get('keys')} keys{error}"
                 )
                 for key, value in sorted((store.get("detail") or {}).items()):
-                    if value not in (None, "", [], {}):
-                        shown = ", ".join(map(str, value)) if isinstance(value, list) else value
-                        typer.echo(f"    {key}: {shown}")
+                    if value in (None, "", [], {}):
+                        continue
+                    if key == "skipped" and isinstance(value, list):
+                        # One reason per line: each names a file and why.
+                        for item in value:
+                            typer.echo(f"    skipped: {item}")
+                        continue
+                    shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+                    typer.echo(f"    {key}: {shown}")
             listeners = detail.get("listeners") or []
             if listeners:
                 typer.echo("listeners:")

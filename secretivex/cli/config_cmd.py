@@ -25,7 +25,7 @@ from secretivex.config.loader import (
     load_config,
     redacted_dict,
 )
-from secretivex.config.schema import render_schema
+from secretivex.config.schema import render_schema, shipped_schema_path
 
 EXIT_CONFIG_ERROR = 2
 
@@ -67,6 +67,23 @@ def _report(problems: list[ConfigProblem], *, err: bool) -> None:
         typer.echo(str(problem), err=err)
 
 
+def warn(warnings: list[ConfigProblem] | tuple[ConfigProblem, ...]) -> None:
+    """Probable mistakes that did not stop loading, on stderr (stdout stays parseable)."""
+    for warning in warnings:
+        typer.echo(f"warning: {warning}", err=True)
+
+
+def _problem_json(problem: ConfigProblem) -> dict[str, Any]:
+    return {
+        "source": problem.source,
+        "key_path": problem.key_path,
+        "line": problem.line,
+        "column": problem.column,
+        "message": problem.message,
+        "text": str(problem),
+    }
+
+
 # --------------------------------------------------------------------------- validate
 
 
@@ -102,6 +119,14 @@ def validate(
     no_path_checks: Annotated[
         bool, typer.Option("--no-path-checks", help=_NO_PATH_CHECKS_HELP)
     ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help='Print {"ok": bool, "problems": [...], "warnings": [...]}; each entry has '
+            "source, key_path, line, column, message and text. Exit codes are unchanged.",
+        ),
+    ] = False,
 ) -> None:
     if files and config:
         typer.echo(
@@ -112,6 +137,7 @@ def validate(
         raise typer.Exit(EXIT_CONFIG_ERROR)
     check = not no_path_checks
     problems: list[ConfigProblem] = []
+    warnings: list[ConfigProblem] = []
     if files:
         isolated_env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
         for path in files:
@@ -126,9 +152,24 @@ def validate(
                 problems.extend(exc.problems)
     else:
         try:
-            load_config(config_files=config or (), paths=default_paths(), check_paths=check)
+            loaded = load_config(
+                config_files=config or (), paths=default_paths(), check_paths=check
+            )
+            warnings.extend(loaded.warnings)
         except ConfigError as exc:
             problems.extend(exc.problems)
+            warnings.extend(exc.warnings)
+    if as_json:
+        document = {
+            "ok": not problems,
+            "problems": [_problem_json(p) for p in problems],
+            "warnings": [_problem_json(w) for w in warnings],
+        }
+        typer.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        if problems:
+            raise typer.Exit(EXIT_CONFIG_ERROR)
+        return
+    warn(warnings)
     if problems:
         _report(problems, err=False)
         raise typer.Exit(EXIT_CONFIG_ERROR)
@@ -172,8 +213,10 @@ def show(
             config_files=config or (), paths=default_paths(), check_paths=not no_path_checks
         )
     except ConfigError as exc:
+        warn(exc.warnings)
         _report(exc.problems, err=True)
         raise typer.Exit(EXIT_CONFIG_ERROR) from None
+    warn(loaded.warnings)
     data = redacted_dict(loaded)
     if as_json:
         payload: Any = {"config": data, "sources": loaded.sources} if sources else data
@@ -248,11 +291,28 @@ def _scalar(value: Any) -> str:
 
 _SCHEMA_HELP = (
     "Print the JSON Schema of config files (for editors and CI).\n\n"
+    "The package ships a copy (secretivex config schema --path). "
     "The copy in the source tree is regenerated with:\n\n"
     "  secretivex config schema > config/secretivex.schema.json"
 )
 
 
 @app.command(help=_SCHEMA_HELP)
-def schema() -> None:
+def schema(
+    path: Annotated[
+        bool,
+        typer.Option(
+            "--path",
+            help="Print where the installed package keeps its copy of the schema (for an "
+            "editor's '# yaml-language-server: $schema=' line) instead of the schema.",
+        ),
+    ] = False,
+) -> None:
+    if path:
+        shipped = shipped_schema_path()
+        if not shipped.is_file():
+            typer.echo(f"secretivex: schema file missing from the package: {shipped}", err=True)
+            raise typer.Exit(1)
+        typer.echo(str(shipped))
+        return
     typer.echo(render_schema(), nl=False)

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from secretivex import __version__
-from secretivex.cli import agent_cmd, bench_cmd, client_cmd, config_cmd
+from secretivex.cli import agent_cmd, bench_cmd, client_cmd, config_cmd, units_cmd
 
 app = typer.Typer(
     name="secretivex",
@@ -17,7 +17,8 @@ app = typer.Typer(
         "Exit codes: 0 ok, 1 runtime error, 2 usage/config error, 3 guardrail failed."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion / --show-completion for bash, zsh, fish, PowerShell.
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -42,6 +43,7 @@ agent_cmd.register(app)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(client_cmd.app, name="client")
 app.add_typer(bench_cmd.app, name="bench")
+units_cmd.register(app)
 
 
 def main() -> None:

@@ -63,6 +63,10 @@ class AgentIdentity:
     def key_type(self) -> str:
         return _blob_type(self.blob)
 
+    def __repr__(self) -> str:
+        # Readable in test failures: type, fingerprint and comment, not the raw blob.
+        return f"AgentIdentity({self.key_type} {self.fingerprint} {self.comment!r})"
+
     def public_line(self) -> str:
         """``<type> <base64 blob> <comment>``, as in an ``authorized_keys`` line."""
         from base64 import b64encode

@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import shlex
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -45,11 +46,14 @@ from secretivex.config.layers import (
     parse_yaml_layer,
 )
 from secretivex.config.models import (
+    ENV_NESTED_DELIMITER,
+    ENV_PREFIX,
     STORE_TYPES,
     FileStore,
     Pkcs11Store,
     SecretivexConfig,
     UpstreamStore,
+    cross_key_problems,
     default_socket_path,
     host_checks,
 )
@@ -62,6 +66,7 @@ from secretivex.config.profiles import (
 
 __all__ = [
     "CONFIG_FILES_ENV",
+    "ENV_NESTED_DELIMITER",
     "ENV_PREFIX",
     "ConfigError",
     "ConfigPaths",
@@ -72,8 +77,6 @@ __all__ = [
     "redacted_dict",
 ]
 
-ENV_PREFIX: str = str(SecretivexConfig.model_config.get("env_prefix", "SECRETIVEX_"))
-ENV_NESTED_DELIMITER: str = str(SecretivexConfig.model_config.get("env_nested_delimiter", "__"))
 #: Colon-separated config files, used when no ``--config`` is given.
 CONFIG_FILES_ENV = ENV_PREFIX + "CONFIG"
 SECTIONS: tuple[str, ...] = tuple(SecretivexConfig.model_fields)
@@ -118,10 +121,16 @@ class ConfigProblem:
 
 
 class ConfigError(Exception):
-    """The configuration cannot be used; ``problems`` says why, one entry per problem."""
+    """The configuration cannot be used; ``problems`` says why, one entry per problem.
 
-    def __init__(self, problems: list[ConfigProblem]) -> None:
+    ``warnings`` are things that do not stop loading but are probably mistakes (a
+    ``SECRETIVEX_`` variable that maps to no key)."""
+
+    def __init__(
+        self, problems: list[ConfigProblem], warnings: Sequence[ConfigProblem] = ()
+    ) -> None:
         self.problems = list(problems)
+        self.warnings = list(warnings)
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
@@ -175,6 +184,8 @@ class LoadedConfig:
     files: list[Path]
     profile: str
     cpu_count: int
+    #: Probable mistakes that did not stop loading (see ``env_warnings``).
+    warnings: tuple[ConfigProblem, ...] = ()
 
     def source_of(self, key_path: str) -> str:
         """The source of a key, or of its nearest listed parent (``default`` if none)."""
@@ -264,8 +275,9 @@ def load_config(
             add_file(path, required=True, named_by=CONFIG_FILES_ENV)
     upper.extend(_env_layers(environ, problems))
     upper.extend(_cli_layers(cli_overrides or {}, cli_flags or {}, problems))
+    warnings = tuple(env_warnings(environ, merge_layers(upper)[0]))
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, warnings)
 
     profile = _chosen_profile(upper)
     base = [_defaults_layer(environ), _profile_layer(profile, cpus)]
@@ -276,13 +288,14 @@ def load_config(
             config = SecretivexConfig.model_validate(merged)
     except ValidationError as exc:
         rank = {layer.source: index for index, layer in enumerate(layers)}
-        raise ConfigError(_problems_from_validation(exc, merged, origins, rank)) from None
+        raise ConfigError(_problems_from_validation(exc, merged, origins, rank), warnings) from None
     return LoadedConfig(
         config=config,
         sources=_effective_sources(config, origins),
         files=files,
         profile=profile,
         cpu_count=cpus,
+        warnings=warnings,
     )
 
 
@@ -401,6 +414,52 @@ def _env_layers(env: Mapping[str, str], problems: list[ConfigProblem]) -> list[L
             continue
         layers.append(layer_from_value(path, parsed, Origin(f"env:{name}")))
     return layers
+
+
+def env_warnings(env: Mapping[str, str], merged: Mapping[str, Any]) -> list[ConfigProblem]:
+    """``SECRETIVEX_<SECTION>_<KEY>`` (one underscore) variables, which map to no key.
+
+    Only names that start with a section name are flagged: other ``SECRETIVEX_*``
+    variables (``SECRETIVEX_CONFIG``, a PIN named by ``pin_env``) are not config keys.
+    Variables the config itself names (``*_env`` values) are never flagged.
+    """
+    referenced = set(_env_names_referenced(merged))
+    warnings = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in referenced or name == CONFIG_FILES_ENV:
+            continue
+        rest = name[len(ENV_PREFIX) :]
+        if ENV_NESTED_DELIMITER in rest or rest.lower() in SECTIONS:
+            continue
+        section = next((s for s in SECTIONS if rest.lower().startswith(s + "_")), None)
+        if section is None:
+            continue
+        key = rest[len(section) + 1 :].lower()
+        allowed = _allowed_keys((section,), {}) if section not in _LIST_SECTIONS else []
+        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6) if allowed else []
+        if close:
+            hint = f"did you mean {ENV_PREFIX}{section.upper()}{ENV_NESTED_DELIMITER}" + (
+                f"{close[0].upper()}?"
+            )
+        elif section in _LIST_SECTIONS:
+            hint = f"{section} is a list: set {ENV_PREFIX}{section.upper()}='[...]'"
+        else:
+            hint = (
+                f"keys are joined with {ENV_NESTED_DELIMITER}: "
+                f"{ENV_PREFIX}{section.upper()}{ENV_NESTED_DELIMITER}<KEY>"
+            )
+        warnings.append(
+            ConfigProblem(f"env:{name}", "", None, None, f"ignored, maps to no config key - {hint}")
+        )
+    return warnings
+
+
+def _env_names_referenced(value: Any, key: str = "") -> list[str]:
+    if isinstance(value, dict):
+        return [n for k, v in value.items() for n in _env_names_referenced(v, str(k))]
+    if isinstance(value, list):
+        return [n for v in value for n in _env_names_referenced(v, key)]
+    return [value] if key.endswith("_env") and isinstance(value, str) else []
 
 
 def parse_env_value(text: str) -> Any:
@@ -563,10 +622,12 @@ def _problems_from_validation(
         seen.add((key, message))
         problems.append(ConfigProblem(source, key, line, column, message))
 
+    cross_checked = False
     for error in exc.errors(include_url=False):
         loc = _clean_loc(error["loc"])
         ctx = error.get("ctx") or {}
         if error["type"] == "cross_check":
+            cross_checked = True
             for sub_loc, message in ctx.get("problems", []):
                 emit(tuple(sub_loc), message)
             continue
@@ -574,8 +635,28 @@ def _problems_from_validation(
             loc = (*loc, *ctx["field"].split("."))
         loc, message = _describe_error(error, loc, merged)
         emit(loc, message)
+    if not cross_checked:
+        # Field errors stop pydantic before the cross-key rules run: check the raw data
+        # too, so one run reports everything.
+        for sub_loc, message in cross_key_problems(_named_stores(merged)):
+            emit(tuple(sub_loc), message)
     problems.sort(key=lambda p: (rank.get(p.source, len(rank)), p.line or 0, p.key_path))
     return problems
+
+
+def _named_stores(merged: Mapping[str, Any]) -> dict[str, Any]:
+    """Merged data with the default store names the model would derive (``file-0``)."""
+    stores = merged.get("stores")
+    if not isinstance(stores, list):
+        return dict(merged)
+    named = []
+    for index, item in enumerate(stores):
+        if isinstance(item, dict) and item.get("name") in (None, ""):
+            kind = item.get("type")
+            prefix = kind if isinstance(kind, str) and kind in STORE_TYPES else "store"
+            item = {**item, "name": f"{prefix}-{index}"}
+        named.append(item)
+    return {**merged, "stores": named}
 
 
 def _clean_loc(loc: tuple[str | int, ...]) -> KeyPath:
@@ -618,6 +699,8 @@ def _describe_error(
         return loc, f"expected a mapping (key: value), got {_describe(value)}"
     if kind == "list_type":
         hint = " - write [item] for a single item" if isinstance(value, str | int) else ""
+        if isinstance(value, str) and loc and loc[-1] == "command" and value.split():
+            hint = " - argv is a list, not a shell line: write " + _argv_hint(value)
         return loc, f"expected a list, got {_describe(value)}{hint}"
     if kind in {"int_parsing", "int_type", "int_from_float"}:
         return loc, f"expected a whole number, got {_describe(value)}"
@@ -634,6 +717,15 @@ def _describe_error(
     if kind == "enum":
         return loc, f"must be one of {ctx.get('expected')}, got {_describe(value)}"
     return loc, str(error["msg"])
+
+
+def _argv_hint(text: str) -> str:
+    """``zenity --question --text='Allow?'`` as the YAML flow list it should have been."""
+    try:
+        parts = shlex.split(text)
+    except ValueError:
+        parts = text.split()
+    return str(yaml.safe_dump(parts, default_flow_style=True, width=1 << 30)).strip()
 
 
 def _describe(value: Any) -> str:

@@ -37,8 +37,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from secretivex.config.lifetime import parse_lifetime
 from secretivex.config.matchers import Matcher, MatcherError, parse_matcher
 from secretivex.config.profiles import (
     DEFAULT_PROFILE,
@@ -49,6 +49,8 @@ from secretivex.config.profiles import (
 )
 
 __all__ = [
+    "ENV_NESTED_DELIMITER",
+    "ENV_PREFIX",
     "SOCKET_PATH_MAX_BYTES",
     "AgentSection",
     "AuditSection",
@@ -67,6 +69,10 @@ __all__ = [
     "host_checks",
     "host_checks_enabled",
 ]
+
+#: ``SECRETIVEX_<SECTION>__<KEY>`` variables (read by the loader).
+ENV_PREFIX = "SECRETIVEX_"
+ENV_NESTED_DELIMITER = "__"
 
 #: Longest socket path accepted, in bytes. The kernel's ``sun_path`` holds 108 bytes
 #: on Linux and 104 on macOS/BSD, terminating NUL included; 100 fits both.
@@ -110,6 +116,9 @@ def _fail(kind: str, message: str, **ctx: Any) -> NoReturn:
     raise PydanticCustomError(kind, "{reason}", {"reason": message, **ctx})
 
 
+_ENV_REFERENCE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
+
+
 def _expand_absolute(value: Any, what: str) -> Path:
     if isinstance(value, Path):
         text = str(value)
@@ -121,6 +130,18 @@ def _expand_absolute(value: Any, what: str) -> Path:
         _fail("path_empty", f"{what} must not be empty")
     if "\x00" in text:
         _fail("path_nul", f"{what} must not contain a NUL byte")
+    variable = _ENV_REFERENCE.search(text)
+    if variable is not None:
+        # Decided: only a leading ~ expands. $VARs would make a path mean different
+        # things under systemd, sudo and a login shell; say so instead of guessing.
+        suggestion = ""
+        if variable.group(1) == "HOME" and variable.start() == 0:
+            suggestion = f" - write {'~' + text[variable.end() :]!r}"
+        _fail(
+            "path_variable",
+            f"{what} {text!r} uses {variable.group(0)}, but variables are not expanded in "
+            f"config paths (only a leading ~/ is){suggestion}",
+        )
     expanded = Path(text).expanduser()
     if not expanded.is_absolute():
         _fail(
@@ -294,6 +315,29 @@ Group = Annotated[
 ]
 
 
+def _lifetime(value: Any) -> int:
+    if not isinstance(value, (int, str)) or isinstance(value, bool):
+        _fail("lifetime", f"lifetime must be seconds or a time like 1h30m, not {_type_name(value)}")
+    try:
+        return parse_lifetime(value)
+    except ValueError as exc:
+        _fail("lifetime", str(exc))
+
+
+Lifetime = Annotated[
+    int,
+    PlainValidator(_lifetime),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": "^([0-9]+[smhdwSMHDW]?)+$"},
+            ]
+        }
+    ),
+]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -406,6 +450,13 @@ class AgentSection(_Section):
         description="Globs of PKCS#11 modules that ssh-add -s may load (like ssh-agent -P); "
         "[] forbids ssh-add -s.",
         examples=[["/usr/lib/x86_64-linux-gnu/*"]],
+    )
+
+    default_lifetime: Lifetime = Field(
+        default=0,
+        description="Lifetime given to keys added by ssh-add without -t, in seconds or "
+        "OpenSSH's time format (1h30m, 2d); 0 = until removed. Like ssh-agent -t.",
+        examples=["1h30m"],
     )
 
     @field_validator("pkcs11_allowlist")
@@ -850,7 +901,7 @@ def _default_stores() -> list[StoreConfig]:
     return [FileStore(type="file", name="file-0")]
 
 
-class SecretivexConfig(BaseSettings):
+class SecretivexConfig(BaseModel):
     """The whole effective configuration.
 
     Build it with ``secretivex.config.load_config`` (all layers, with sources) rather
@@ -858,14 +909,11 @@ class SecretivexConfig(BaseSettings):
     without profile defaults, files or environment.
     """
 
-    model_config = SettingsConfigDict(
-        extra="forbid",
-        frozen=True,
-        env_prefix="SECRETIVEX_",
-        env_nested_delimiter="__",
-        case_sensitive=True,
-        title="secretivex configuration",
-    )
+    # A plain model, not pydantic-settings: the layered loader reads files and
+    # SECRETIVEX_* variables itself because it must record file:line / env:NAME for
+    # every value, report unknown variables, and read env values as YAML - none of
+    # which a settings source exposes. The model only validates.
+    model_config = ConfigDict(extra="forbid", frozen=True, title="secretivex configuration")
 
     agent: AgentSection = Field(default_factory=AgentSection, description="The agent itself.")
     stores: list[StoreConfig] = Field(
@@ -880,19 +928,6 @@ class SecretivexConfig(BaseSettings):
     metrics: MetricsSection = Field(default_factory=MetricsSection, description="Metrics.")
     audit: AuditSection = Field(default_factory=AuditSection, description="Audit log.")
     logging: LoggingSection = Field(default_factory=LoggingSection, description="Logging.")
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The layered loader is the one place that reads files and SECRETIVEX_* variables
-        # (it records where every value came from); the model only validates.
-        return (init_settings,)
 
     @model_validator(mode="before")
     @classmethod
@@ -910,41 +945,7 @@ class SecretivexConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Self:
-        problems: list[tuple[tuple[str | int, ...], str]] = []
-        names: dict[str, int] = {}
-        for index, store in enumerate(self.stores):
-            if store.name in names:
-                problems.append(
-                    (
-                        ("stores", index, "name"),
-                        f"store name {store.name!r} is already used by stores[{names[store.name]}]",
-                    )
-                )
-            else:
-                names[store.name] = index
-        own = self.agent.socket
-        sockets: dict[Path, int] = {}
-        for index, listener in enumerate(self.listeners):
-            where = ("listeners", index, "socket")
-            if listener.socket == own:
-                problems.append((where, "this is the agent's main socket (agent.socket)"))
-            elif listener.socket in sockets:
-                problems.append(
-                    (where, f"socket already used by listeners[{sockets[listener.socket]}]")
-                )
-            else:
-                sockets[listener.socket] = index
-        for index, store in enumerate(self.stores):
-            if isinstance(store, UpstreamStore) and (
-                store.socket == own or store.socket in sockets
-            ):
-                problems.append(
-                    (
-                        ("stores", index, "socket"),
-                        "upstream socket is one of this agent's own sockets: requests would "
-                        "loop back into the agent",
-                    )
-                )
+        problems = cross_key_problems(self.model_dump(mode="json"))
         if problems:
             _fail(
                 "cross_check",
@@ -952,6 +953,68 @@ class SecretivexConfig(BaseSettings):
                 problems=problems,
             )
         return self
+
+
+def _path_key(value: Any) -> str | None:
+    """A socket path as compared across keys (``~`` expanded, normalised)."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return os.path.normpath(os.path.expanduser(value))
+
+
+def cross_key_problems(data: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """Rules across keys (unique store names, one socket per listener, no upstream loop).
+
+    Works on raw merged data as well as on a validated model's dump, so the loader can
+    report these in the same run as field errors; entries it cannot read are skipped
+    (their own field errors say why).
+    """
+    if not isinstance(data, dict):
+        return []
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    stores: list[Any] = data["stores"] if isinstance(data.get("stores"), list) else []
+    listeners: list[Any] = data["listeners"] if isinstance(data.get("listeners"), list) else []
+    agent: dict[str, Any] = data["agent"] if isinstance(data.get("agent"), dict) else {}
+    names: dict[str, int] = {}
+    for index, store in enumerate(stores):
+        name = store.get("name") if isinstance(store, dict) else None
+        if not isinstance(name, str) or not name:
+            continue
+        if name in names:
+            problems.append(
+                (
+                    ("stores", index, "name"),
+                    f"store name {name!r} is already used by stores[{names[name]}]",
+                )
+            )
+        else:
+            names[name] = index
+    own = _path_key(agent.get("socket"))
+    sockets: dict[str, int] = {}
+    for index, listener in enumerate(listeners):
+        path = _path_key(listener.get("socket")) if isinstance(listener, dict) else None
+        if path is None:
+            continue
+        where: tuple[str | int, ...] = ("listeners", index, "socket")
+        if path == own:
+            problems.append((where, "this is the agent's main socket (agent.socket)"))
+        elif path in sockets:
+            problems.append((where, f"socket already used by listeners[{sockets[path]}]"))
+        else:
+            sockets[path] = index
+    for index, store in enumerate(stores):
+        if not isinstance(store, dict) or store.get("type") != "upstream":
+            continue
+        path = _path_key(store.get("socket"))
+        if path is not None and (path == own or path in sockets):
+            problems.append(
+                (
+                    ("stores", index, "socket"),
+                    "upstream socket is one of this agent's own sockets: requests would "
+                    "loop back into the agent",
+                )
+            )
+    return problems
 
 
 def _dotted(loc: tuple[str | int, ...]) -> str:

@@ -55,6 +55,14 @@ class Identity:
     fingerprint: str = field(default="", compare=False)
     key_type: str = field(default="", compare=False)
 
+    def __repr__(self) -> str:
+        # The fingerprint says which key; the raw blob (hundreds of bytes) says nothing.
+        extra = " confirm" if self.confirm else ""
+        return (
+            f"Identity({self.key_type} {self.fingerprint} {self.comment!r} "
+            f"store={self.store!r}{extra})"
+        )
+
     def __post_init__(self) -> None:
         if not self.fingerprint:
             object.__setattr__(self, "fingerprint", fingerprint_sha256(self.blob))

@@ -32,16 +32,40 @@ PassphraseSource = Callable[[], bytes | None]
 
 
 def _candidate_files(path: Path) -> list[Path]:
+    """Files to load: ``path`` itself, or the private keys in a directory, plus every
+    file there the agent cannot read (it might be a key: the load names it)."""
     if path.is_dir():
         out = []
         for child in sorted(path.iterdir()):
             name = child.name
             if name in SKIPPED_NAMES or name.endswith(".pub") or name.startswith("."):
                 continue
-            if child.is_file() and looks_like_private_key(child):
+            if child.is_file() and (looks_like_private_key(child) or _unreadable(child)):
                 out.append(child)
         return out
     return [path]
+
+
+def _unreadable(path: Path) -> bool:
+    try:
+        with open(path, "rb"):
+            return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+
+
+def _why_unreadable(path: Path) -> str:
+    """Mode and owner of a file the agent may not read, and who the agent is."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ""
+    return (
+        f" (mode {st.st_mode & 0o7777:04o}, owner {st.st_uid}:{st.st_gid}; "
+        f"the agent runs as uid {os.geteuid()})"
+    )
 
 
 class FileStore(KeyStore):
@@ -93,7 +117,10 @@ class FileStore(KeyStore):
                             raise
                         key = load_private_key_file(path, passphrase)
                 except (KeyLoadError, OSError) as exc:
-                    problems.append(str(exc))
+                    reason = str(exc)
+                    if _unreadable(path):
+                        reason += _why_unreadable(path)
+                    problems.append(reason)
                     continue
                 keys.setdefault(key.public_blob, key)
         return keys, problems

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         KEY_TYPES,
         AgentNotReadyError,
         AgentSocketWaitStrategy,
+        ImageNotFoundError,
         SecretivexContainer,
     )
 
@@ -30,6 +31,7 @@ __all__ = [
     "KEY_TYPES",
     "AgentNotReadyError",
     "AgentSocketWaitStrategy",
+    "ImageNotFoundError",
     "SecretivexContainer",
     "docker_problem",
 ]

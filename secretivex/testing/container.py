@@ -38,6 +38,7 @@ __all__ = [
     "AgentNotReadyError",
     "AgentSocketWaitStrategy",
     "ContainerEnv",
+    "ImageNotFoundError",
     "SecretivexContainer",
 ]
 
@@ -80,6 +81,20 @@ class AgentNotReadyError(RuntimeError):
     The message names the socket, the last answer or error, and ends with the
     container's logs.
     """
+
+
+class ImageNotFoundError(RuntimeError):
+    """The image is neither on the Docker engine nor pullable; the message says how to
+    get one."""
+
+
+def _build_hint(image: str) -> str:
+    return (
+        f"build it from a secretivex checkout with `make image` (tags secretivex:dev and "
+        f"secretivex:softhsm), or `docker build --target softhsm -t {image} .` there "
+        '(docs/testing.md: "Getting the image"), or set SECRETIVEX_TESTING_IMAGE to an '
+        "image you have"
+    )
 
 
 def _container_logs(container: WaitStrategyTarget, limit: int = 6000) -> str:
@@ -199,7 +214,7 @@ class ContainerEnv(dict[str, str]):
         self._owner = owner
 
     def __call__(self) -> dict[str, str]:
-        return {"SSH_AUTH_SOCK": str(self._owner.socket_path)}
+        return self._owner.get_env()
 
 
 def _numeric_ids(user: str) -> tuple[int, int] | None:
@@ -298,6 +313,22 @@ class SecretivexContainer(DockerContainer):
     def socket_path(self) -> Path:
         """The agent socket on the host."""
         return self.socket_dir / "agent.sock"
+
+    # testcontainers style accessors (``get_connection_url()`` and friends elsewhere).
+
+    def get_socket_path(self) -> str:
+        """The agent socket on the host, as text (what ``SSH_AUTH_SOCK`` takes)."""
+        return str(self.socket_path)
+
+    def get_env(self) -> dict[str, str]:
+        """What a host process needs to use the agent: ``{"SSH_AUTH_SOCK": ...}``."""
+        return {"SSH_AUTH_SOCK": self.get_socket_path()}
+
+    def __repr__(self) -> str:
+        where = self.get_socket_path() if self._tmpdir is not None else "not started"
+        status = "running" if self._container is not None else "stopped"
+        keys = ", ".join(self.key_specs) or "none"
+        return f"<SecretivexContainer {self.image} {status} socket={where} keys=[{keys}]>"
 
     # -- what it serves --------------------------------------------------------------
 
@@ -419,13 +450,39 @@ class SecretivexContainer(DockerContainer):
             )
         )
 
+    def _ensure_image(self) -> None:
+        """Fail with a how-to instead of the engine's raw 404/500 when the image is
+        missing and cannot be pulled."""
+        import docker.errors  # type: ignore[import-not-found]  # testcontainers' dependency
+
+        client = self.get_docker_client().client
+        try:
+            client.images.get(self.image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        except docker.errors.APIError:
+            return  # the engine will say what is wrong when the container starts
+        try:
+            client.images.pull(self.image)
+            return
+        except docker.errors.APIError as exc:
+            detail = str(getattr(exc, "explanation", None) or exc).strip().splitlines()
+            reason = detail[0] if detail else type(exc).__name__
+        raise ImageNotFoundError(
+            f"image {self.image!r} is not on the Docker engine and pulling it failed "
+            f"({reason}): {_build_hint(self.image)}"
+        )
+
     def start(self) -> SecretivexContainer:
         """Start the container and wait until the agent lists the expected keys.
 
         On any failure the container and the temp directory are removed before the
-        error (:class:`AgentNotReadyError` with the container's logs) propagates.
+        error (:class:`AgentNotReadyError` with the container's logs, or
+        :class:`ImageNotFoundError` saying how to get the image) propagates.
         """
         try:
+            self._ensure_image()
             super().start()
         except BaseException:
             self.stop()

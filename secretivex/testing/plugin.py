@@ -2,11 +2,18 @@
 
 Fixtures:
 
-``secretivex_agent`` (session scope)
+``secretivex_agent`` (module scope)
     A started :class:`~secretivex.testing.SecretivexContainer`: a SoftHSM-backed agent
-    with Ed25519, ECDSA P-256 and RSA 3072 keys, its socket on the host. One container
-    is shared by the whole session (start-up is a few seconds). Override the
-    ``secretivex_agent_options`` fixture (session scope) to change its arguments.
+    with Ed25519, ECDSA P-256 and RSA 3072 keys, its socket on the host. Override the
+    ``secretivex_agent_options`` fixture (in a conftest.py or a test module, session or
+    module scope) to change its arguments. Agents are keyed on their options: every
+    module asking with the same options shares one container for the whole session
+    (start-up is a few seconds), and a module with other options gets its own - never
+    the agent another module happened to start first.
+
+``secretivex_agent_pool`` (session scope)
+    The agents behind ``secretivex_agent``: ``pool.get(**options)`` starts (once per
+    distinct options) and returns one. Use it from your own session-scoped fixtures.
 
 ``secretivex_agent_factory`` (function scope)
     ``factory(**kwargs)`` starts one more container with those arguments; each is
@@ -25,6 +32,7 @@ by the fixtures, when a test asks for one.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -35,9 +43,11 @@ if TYPE_CHECKING:
     from secretivex.testing.container import SecretivexContainer
 
 __all__ = [
+    "AgentPool",
     "secretivex_agent",
     "secretivex_agent_factory",
     "secretivex_agent_options",
+    "secretivex_agent_pool",
 ]
 
 _PROBLEM = pytest.StashKey[str | None]()
@@ -82,16 +92,57 @@ def secretivex_agent_options() -> dict[str, Any]:
     return {}
 
 
+class AgentPool:
+    """Started agents keyed on their options, shared for the session."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self._config = config
+        self._agents: dict[str, SecretivexContainer] = {}
+
+    @staticmethod
+    def key(options: dict[str, Any]) -> str:
+        return json.dumps(options, sort_keys=True, default=repr)
+
+    def get(self, **options: Any) -> SecretivexContainer:
+        """The agent for these options, started on first use."""
+        key = self.key(options)
+        agent = self._agents.get(key)
+        if agent is None:
+            agent = _start(self._config, options)
+            self._agents[key] = agent
+        return agent
+
+    def __len__(self) -> int:
+        return len(self._agents)
+
+    def close(self) -> None:
+        errors = []
+        for agent in reversed(list(self._agents.values())):
+            try:
+                agent.stop()
+            except Exception as exc:
+                errors.append(exc)
+        self._agents.clear()
+        if errors:
+            raise errors[0]
+
+
 @pytest.fixture(scope="session")
-def secretivex_agent(
-    request: pytest.FixtureRequest, secretivex_agent_options: dict[str, Any]
-) -> Iterator[SecretivexContainer]:
-    """A token-backed secretivex agent for the session; ``.env()`` gives ``SSH_AUTH_SOCK``."""
-    agent = _start(request.config, secretivex_agent_options)
+def secretivex_agent_pool(request: pytest.FixtureRequest) -> Iterator[AgentPool]:
+    """Session agents keyed on their options (``pool.get(**options)``)."""
+    pool = AgentPool(request.config)
     try:
-        yield agent
+        yield pool
     finally:
-        agent.stop()
+        pool.close()
+
+
+@pytest.fixture(scope="module")
+def secretivex_agent(
+    secretivex_agent_pool: AgentPool, secretivex_agent_options: dict[str, Any]
+) -> SecretivexContainer:
+    """A token-backed secretivex agent for these options; ``.env()`` gives ``SSH_AUTH_SOCK``."""
+    return secretivex_agent_pool.get(**secretivex_agent_options)
 
 
 @pytest.fixture

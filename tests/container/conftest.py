@@ -83,7 +83,7 @@ def secretivex_agent_options() -> dict[str, Any]:
     return {"image": SOFTHSM_IMAGE, "keys": TOKEN_KEYS}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def secretivex_agent(
     docker_ready: None, secretivex_agent: SecretivexContainer
 ) -> SecretivexContainer:

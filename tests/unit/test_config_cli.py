@@ -15,6 +15,7 @@ from typer.testing import CliRunner, Result
 
 from secretivex.cli import config_cmd
 from secretivex.config import ConfigPaths
+from secretivex.config.models import AgentSection
 from secretivex.config.schema import render_schema
 
 BROKEN = """
@@ -105,10 +106,10 @@ def test_validate_files_ignores_system_layers_and_env(
     result = run("validate")
     assert result.exit_code == 2
     assert result.stdout.splitlines() == [
-        f"{system.system_file}:1: agent.bogus: unknown key 'bogus' (expected one of: socket, "
-        "profile, max_connections, max_signers, sign_timeout_ms, idle_timeout_ms, "
-        "identity_cache_ms, listen_backlog, allow_add, allow_lock, "
-        "max_added_keys, max_added_bytes, pkcs11_allowlist)",
+        # Derived from the model: every agent key, in declaration order.
+        f"{system.system_file}:1: agent.bogus: unknown key 'bogus' (expected one of: "
+        + ", ".join(AgentSection.model_fields)
+        + ")",
         "env:SECRETIVEX_AGENT__MAX_SIGNERS: agent.max_signers: expected a whole number, got 'zero'",
     ]
 

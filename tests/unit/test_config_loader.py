@@ -20,7 +20,7 @@ from secretivex.config import (
     redacted_dict,
 )
 from secretivex.config.loader import _redact, parse_env_value, user_config_file
-from secretivex.config.models import FileStore, Pkcs11Store, UpstreamStore
+from secretivex.config.models import AgentSection, FileStore, Pkcs11Store, UpstreamStore
 
 
 @dataclass
@@ -349,10 +349,9 @@ def test_cli_overrides_dotted_nested_and_unset(tree: Tree) -> None:
 def test_cli_override_of_unknown_key(tree: Tree) -> None:
     assert tree.lines(cli={"nope.x": 1}) == ["cli:nope.x: nope.x: not a config key: 'nope.x'"]
     assert tree.lines(cli={"agent.nope": 1}, flags={"agent.nope": "--nope"}) == [
-        "cli:--nope: agent.nope: unknown key 'nope' (expected one of: socket, profile, "
-        "max_connections, max_signers, sign_timeout_ms, idle_timeout_ms, identity_cache_ms, "
-        "listen_backlog, allow_add, allow_lock, "
-        "max_added_keys, max_added_bytes, pkcs11_allowlist)"
+        "cli:--nope: agent.nope: unknown key 'nope' (expected one of: "
+        + ", ".join(AgentSection.model_fields)
+        + ")"
     ]
 
 

@@ -110,7 +110,14 @@ def test_build_sdist_and_wheel_then_install_and_run(tmp_path: Path) -> None:
         files = set(whl.namelist())
         meta = whl.read(f"secretivex-{VERSION}.dist-info/METADATA").decode()
         entry_points = whl.read(f"secretivex-{VERSION}.dist-info/entry_points.txt").decode()
-    for member in ["secretivex/__init__.py", "secretivex/py.typed", "secretivex/agent/systemd.py"]:
+    for member in [
+        "secretivex/__init__.py",
+        "secretivex/py.typed",
+        "secretivex/agent/systemd.py",
+        "secretivex/config/secretivex.schema.json",  # for editors: config schema --path
+        "secretivex/units/secretivex.service",  # for install-units --user
+        "secretivex/units/secretivex.socket",
+    ]:
         assert member in files, member
     assert not any(name.startswith(("tests/", "nixos-module/")) for name in files)
     assert f"Version: {VERSION}" in meta

@@ -1,0 +1,156 @@
+"""`secretivex install-units --user`: a socket-activated user service in one step.
+
+The units are the packaged ones (``packaging/systemd``, shipped in the wheel as
+``secretivex/units``) with ``ExecStart`` pointed at the executable that is running
+now, so a pip or pipx install works without editing anything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+
+UNIT_NAMES = ("secretivex.socket", "secretivex.service")
+MARKER = "# Written by `secretivex install-units --user`"
+SOCKET_LINE = 'export SSH_AUTH_SOCK="$XDG_RUNTIME_DIR/secretivex/agent.sock"'
+
+
+class InstallError(Exception):
+    """One line for the user; exit status 1."""
+
+
+def unit_templates() -> dict[str, str]:
+    """The packaged unit files, by name."""
+    here = Path(__file__).resolve().parent.parent / "units"
+    try:
+        return {name: (here / name).read_text(encoding="utf-8") for name in UNIT_NAMES}
+    except OSError as exc:
+        raise InstallError(f"unit templates missing from the package ({here}): {exc}") from None
+
+
+def installed_executable() -> list[str]:
+    """argv that starts this same installation: the console script when there is one."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is not None and script.name == "secretivex" and script.exists():
+        return [str(script.resolve())]
+    beside = Path(sys.executable).with_name("secretivex")
+    if beside.exists():
+        return [str(beside)]
+    return [sys.executable, "-m", "secretivex"]
+
+
+def _systemd_quote(word: str) -> str:
+    if word and not any(c in word for c in " \t\"'\\$%;"):
+        return word
+    escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'"{escaped}"'
+
+
+def render_units(executable: list[str]) -> dict[str, str]:
+    """The templates with ExecStart at ``executable`` and a header saying where from."""
+    exe = " ".join(_systemd_quote(part) for part in executable)
+    out = {}
+    for name, text in unit_templates().items():
+        lines = []
+        for line in text.splitlines():
+            if line.startswith("ExecStart=/usr/bin/secretivex "):
+                line = "ExecStart=" + exe + line[len("ExecStart=/usr/bin/secretivex") :]
+            lines.append(line)
+        header = f"{MARKER} from the packaged unit; rerun it after moving secretivex.\n"
+        out[name] = header + "\n".join(lines) + "\n"
+    return out
+
+
+def user_unit_dir(env: dict[str, str] | os._Environ[str] = os.environ) -> Path:
+    config_home = env.get("XDG_CONFIG_HOME") or ""
+    base = Path(config_home) if os.path.isabs(config_home) else Path.home() / ".config"
+    return base / "systemd" / "user"
+
+
+def write_units(directory: Path, units: dict[str, str], *, force: bool) -> list[Path]:
+    """Write the units; a file someone else wrote is replaced only with ``--force``."""
+    for name in units:
+        path = directory / name
+        if path.exists() and not force:
+            current = path.read_text(encoding="utf-8", errors="replace")
+            if not current.startswith(MARKER):
+                raise InstallError(
+                    f"{path} exists and was not written by install-units; "
+                    "pass --force to replace it"
+                )
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in units.items():
+        path = directory / name
+        tmp = path.with_name(f".{name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
+def enable_socket() -> None:
+    """``systemctl --user daemon-reload`` then ``enable --now secretivex.socket``."""
+    systemctl = shutil.which("systemctl")
+    if systemctl is None:
+        raise InstallError(
+            "systemctl not found: the units are written but not enabled; on a systemd "
+            "host run: systemctl --user enable --now secretivex.socket"
+        )
+    for args in (["daemon-reload"], ["enable", "--now", "secretivex.socket"]):
+        proc = subprocess.run(
+            [systemctl, "--user", *args], capture_output=True, text=True, timeout=60
+        )
+        if proc.returncode != 0:
+            reason = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[0]
+            raise InstallError(
+                f"systemctl --user {' '.join(args)} failed: {reason} (is there a user "
+                "session? `loginctl enable-linger $USER` starts one without a login)"
+            )
+
+
+def install_units(
+    user: bool = typer.Option(
+        False, "--user", help="Install for the current user (the only mode; required)."
+    ),
+    no_enable: bool = typer.Option(
+        False, "--no-enable", help="Only write the unit files; do not call systemctl."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Replace unit files that install-units did not write."
+    ),
+) -> None:
+    """Write the systemd user units (socket-activated, ExecStart at this installation),
+    enable the socket, and print the SSH_AUTH_SOCK line for your shell profile."""
+    if not user:
+        typer.echo(
+            "secretivex: install-units needs --user (system-wide installs: see "
+            "docs/nixos.md, packaging/systemd)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    try:
+        units = render_units(installed_executable())
+        directory = user_unit_dir()
+        for path in write_units(directory, units, force=force):
+            typer.echo(f"wrote {path}", err=True)
+        if not no_enable:
+            enable_socket()
+            typer.echo("enabled and started secretivex.socket", err=True)
+    except InstallError as exc:
+        typer.echo(f"secretivex: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"secretivex: cannot write units: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo("add this line to your shell profile (~/.profile, ~/.bashrc):", err=True)
+    typer.echo(SOCKET_LINE)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("install-units")(install_units)
