@@ -165,7 +165,7 @@ def test_unwritable_audit_path_is_a_config_error(tmp_path: Path) -> None:
                     "-m",
                     "secretivex",
                     "agent",
-                    "-c",
+                    "--config",
                     str(config),
                     "--socket",
                     str(shared / "a.sock"),
@@ -198,7 +198,7 @@ def test_unwritable_audit_path_is_a_config_error(tmp_path: Path) -> None:
     as_dir.write_text(f"stores: []\naudit:\n  path: {tmp_path}\n")
     for argv in (
         [SECRETIVEX, "config", "validate", str(as_dir)],
-        [SECRETIVEX, "agent", "-c", str(as_dir), "--socket", str(tmp_path / "b.sock")],
+        [SECRETIVEX, "agent", "--config", str(as_dir), "--socket", str(tmp_path / "b.sock")],
     ):
         assert "is a directory" in _one_line_exit_2(
             subprocess.run(argv, capture_output=True, text=True, timeout=60)
@@ -206,7 +206,7 @@ def test_unwritable_audit_path_is_a_config_error(tmp_path: Path) -> None:
     missing = tmp_path / "missing.yaml"
     missing.write_text(f"stores: []\naudit:\n  path: {tmp_path / 'nope' / 'audit.jsonl'}\n")
     started = subprocess.run(
-        [SECRETIVEX, "agent", "-c", str(missing), "--socket", str(tmp_path / "c.sock")],
+        [SECRETIVEX, "agent", "--config", str(missing), "--socket", str(tmp_path / "c.sock")],
         capture_output=True,
         text=True,
         timeout=60,
