@@ -136,7 +136,13 @@ class _Serving:
     #: Passed in by systemd: the socket file is the service manager's, never ours to
     #: remove or chmod.
     inherited: bool = False
+    #: (st_dev, st_ino) of the file we bound: removed on exit only while it is still ours.
+    identity: tuple[int, int] | None = None
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+    def unlink(self) -> None:
+        if not self.inherited and self.identity is not None:
+            unlink_socket(self.spec.path, *self.identity)
 
 
 class Agent:
@@ -201,12 +207,20 @@ class Agent:
         for store in self.registry.stores:
             await store.open()
         try:
+            # Bind every socket before any task group opens: a startup error then
+            # reaches the CLI as itself (one line), not wrapped in an ExceptionGroup.
+            try:
+                specs = build_listener_specs(self.config)
+            except ListenerError as exc:
+                raise AgentStartupError(str(exc)) from None
+            for spec in specs:
+                await self._open_listener(spec)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 async with anyio.create_task_group() as conn_tg:
                     self._conn_tg = conn_tg
-                    for spec in build_listener_specs(self.config):
-                        await self._start_listener(spec)
+                    for serving in self._serving.values():
+                        tg.start_soon(self._accept_loop, serving)
                     # Handlers first: a SIGHUP right after READY=1 must reload, not kill.
                     await tg.start(self._signals)
                     for store in self.registry.stores:
@@ -227,9 +241,8 @@ class Agent:
                     conn_tg.cancel_scope.cancel()
                 tg.cancel_scope.cancel()
         finally:
-            for path, serving in list(self._serving.items()):
-                if not serving.inherited:
-                    unlink_socket(path)
+            for serving in list(self._serving.values()):
+                serving.unlink()
             self._serving.clear()
             for store in self.registry.stores:
                 with anyio.CancelScope(shield=True):
@@ -268,22 +281,29 @@ class Agent:
 
     # -- listeners --------------------------------------------------------------------
 
-    async def _start_listener(self, spec: ListenerSpec) -> None:
+    async def _open_listener(self, spec: ListenerSpec) -> _Serving:
+        """Bind (or adopt from systemd) one socket; recorded at once so that a later
+        failure still removes it."""
         inherited = self._inherited.pop(spec.name, None) or self._inherited.pop(
             str(spec.path), None
         )
-        try:
-            sock = (
-                inherited
-                if inherited is not None
-                else bind_listener(spec, getattr(self.config.agent, "listen_backlog", 512))
-            )
-        except ListenerError as exc:
-            raise AgentStartupError(str(exc)) from None
+        identity: tuple[int, int] | None = None
+        if inherited is not None:
+            sock = inherited
+        else:
+            try:
+                bound = bind_listener(spec, getattr(self.config.agent, "listen_backlog", 512))
+            except ListenerError as exc:
+                raise AgentStartupError(str(exc)) from None
+            sock, identity = bound.sock, (bound.dev, bound.ino)
         sock.setblocking(False)
         listener = await SocketListener.from_socket(sock)
-        serving = _Serving(spec, listener, inherited=inherited is not None)
+        serving = _Serving(spec, listener, inherited=inherited is not None, identity=identity)
         self._serving[spec.path] = serving
+        return serving
+
+    async def _start_listener(self, spec: ListenerSpec) -> None:
+        serving = await self._open_listener(spec)
         assert self._tg is not None
         self._tg.start_soon(self._accept_loop, serving)
 
@@ -402,8 +422,7 @@ class Agent:
         for path in [p for p in self._serving if p not in specs]:
             serving = self._serving.pop(path)
             serving.scope.cancel()
-            if not serving.inherited:
-                unlink_socket(path)
+            serving.unlink()
         removed = [s for s in self.registry.configured if s not in new_stores]
         self.registry.configured = new_stores
         self._store_configs = store_configs

@@ -126,8 +126,26 @@ def agent(
     except AgentStartupError as exc:
         typer.echo(f"secretivex: {exc}", err=True)
         raise typer.Exit(1) from None
+    except BaseExceptionGroup as group:
+        # A startup error raised inside a task group (e.g. by a reload) arrives wrapped.
+        startup = _startup_error(group, AgentStartupError)
+        if startup is None:
+            raise
+        typer.echo(f"secretivex: {startup}", err=True)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         pass
+
+
+def _startup_error(group: BaseExceptionGroup, kind: type[Exception]) -> Exception | None:
+    """The first ``kind`` error in a (nested) group of nothing but ``kind`` errors."""
+    matched, rest = group.split(kind)
+    if matched is None or rest is not None:
+        return None
+    exc: BaseException = matched
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, kind) else None
 
 
 @agent_app.command("suggest-queue-wait")
