@@ -39,6 +39,8 @@ class ListenerSpec:
     peer_gids: frozenset[int] = frozenset()
     allow_add: bool = True
     allow_lock: bool = True
+    #: Most connections this socket serves at once; None = only the agent-wide limits.
+    max_connections: int | None = None
     _visible: dict[bytes, bool] = field(default_factory=dict, repr=False)
 
     def sees(self, ident: Identity) -> bool:
@@ -130,9 +132,7 @@ def _open_directory(directory: Path) -> int:
     try:
         return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        if exc.errno == errno.ELOOP or (
-            exc.errno == errno.ENOTDIR and os.path.islink(directory)
-        ):
+        if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and os.path.islink(directory)):
             raise ListenerError(
                 f"socket directory {directory} is a symlink: refusing to serve a socket there"
             ) from None

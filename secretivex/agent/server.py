@@ -16,8 +16,10 @@ import anyio
 from anyio.abc import SocketListener, SocketStream, TaskGroup, TaskStatus
 
 from secretivex.agent.audit import AuditLog
-from secretivex.agent.connection import ConnectionTracker, serve_connection
+from secretivex.agent.connection import refusals, serve_connection
 from secretivex.agent.dispatcher import Dispatcher, Limits
+from secretivex.agent.heap import trim_heap
+from secretivex.agent.limits import ConnectionLimits, ConnectionTracker
 from secretivex.agent.listeners import (
     ListenerError,
     ListenerSpec,
@@ -35,6 +37,8 @@ from secretivex.stores.registry import StoreRegistry
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 5.0
+#: Trim the heap once this many bytes of frame buffers were released (checked each second).
+TRIM_AFTER_BYTES = 1024 * 1024
 MAIN_LISTENER = "agent"
 
 
@@ -124,6 +128,7 @@ def build_listener_specs(cfg: Any) -> list[ListenerSpec]:
                 peer_gids=frozenset(resolve_gid(g) or 0 for g in peers.gids),
                 allow_add=lc.allow_add,
                 allow_lock=lc.allow_lock,
+                max_connections=getattr(lc, "max_connections", None),
             )
         )
     return specs
@@ -176,7 +181,7 @@ class Agent:
             health=self._health_extra,
             spawn=self._spawn_maintenance,
         )
-        self.tracker = ConnectionTracker(agent.max_connections)
+        self.tracker = ConnectionTracker(ConnectionLimits.from_config(agent))
         self.idle_timeout_s = agent.idle_timeout_ms / 1000 if agent.idle_timeout_ms else None
         self._serving: dict[Path, _Serving] = {}
         self._tg: TaskGroup | None = None
@@ -225,6 +230,7 @@ class Agent:
                     await tg.start(self._signals)
                     for store in self.registry.stores:
                         tg.start_soon(self._maintain, store)
+                    tg.start_soon(self._trim_heap_loop)
                     self._start_metrics_writer(tg)
                     self._notify("READY=1")
                     if self._on_listening is not None:
@@ -251,6 +257,7 @@ class Agent:
                     except Exception as exc:
                         log.warning("closing store %s: %s", store.name, exc)
             self.audit.close()
+            refusals.flush()
             log.info("secretivex stopped")
 
     def stop(self) -> None:
@@ -271,6 +278,14 @@ class Agent:
             await store.maintain()
         except Exception:
             log.exception("store %s: maintenance task failed", store.name)
+
+    async def _trim_heap_loop(self) -> None:
+        """Give memory of released frame buffers back to the OS, at most once a second."""
+        while True:
+            await anyio.sleep(1.0)
+            if self.tracker.released >= TRIM_AFTER_BYTES:
+                self.tracker.released = 0
+                trim_heap()
 
     def _notify(self, state: str) -> None:
         try:
@@ -428,6 +443,7 @@ class Agent:
         self._store_configs = store_configs
         self.dispatcher.policy = policy
         self.dispatcher.invalidate()
+        self.tracker.limits = ConnectionLimits.from_config(new.agent)
         self.config = new
         assert self._tg is not None
         for store in opened:
@@ -449,4 +465,5 @@ def _update_spec(current: ListenerSpec, new: ListenerSpec, *, chmod: bool = True
     current.keys = new.keys
     current.peer_uids, current.peer_gids = new.peer_uids, new.peer_gids
     current.allow_add, current.allow_lock = new.allow_add, new.allow_lock
+    current.max_connections = new.max_connections
     current._visible.clear()

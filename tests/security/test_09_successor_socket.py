@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from harness import keygen, run, start_agent
+from harness import keygen, start_agent
 from sec_d_helpers import config_file, pid_alive, wait_until
 
 
