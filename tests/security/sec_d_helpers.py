@@ -126,12 +126,12 @@ path, n = sys.argv[1], int(sys.argv[2])
 socks = []
 for _ in range(n):
     s = socket.socket(socket.AF_UNIX)
-    s.settimeout(60)
     try:
-        s.connect(path)
+        s.connect(path)  # blocking: waits while the listen backlog is full
     except OSError:
         s.close()
         continue
+    s.settimeout(60)
     socks.append(s)
 served = []
 for s in socks:
