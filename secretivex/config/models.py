@@ -342,35 +342,6 @@ class AgentSection(_Section):
         "listen backlog.",
         examples=[4096],
     )
-    max_connections_per_uid: int | None = Field(
-        default=None,
-        ge=1,
-        description="Most connections one peer uid other than the agent's own may hold at "
-        "once (all sockets together); more are refused. null = a quarter of max_connections.",
-        examples=[64],
-    )
-    reserved_connections: int = Field(
-        default=16,
-        ge=0,
-        description="Slots of max_connections that only the agent's own uid may use, so "
-        "other uids on listeners can never lock the owner out (at most half of "
-        "max_connections is reserved).",
-        examples=[32],
-    )
-    max_buffered_bytes: int = Field(
-        default=16 * 1024 * 1024,
-        ge=64 * 1024,
-        description="Bytes of unfinished requests (frames still arriving) the agent buffers "
-        "for all connections together; the connection whose bytes would pass it is closed.",
-        examples=[8388608],
-    )
-    frame_timeout_ms: int = Field(
-        default=10_000,
-        ge=0,
-        description="Close a connection that does not finish a request within this long "
-        "after its first byte arrived (slow senders); 0 = no deadline.",
-        examples=[5000],
-    )
     max_signers: int = Field(
         default_factory=_from_profile("max_signers"),
         ge=1,
@@ -419,6 +390,35 @@ class AgentSection(_Section):
         description="Globs of PKCS#11 modules that ssh-add -s may load (like ssh-agent -P); "
         "[] forbids ssh-add -s.",
         examples=[["/usr/lib/x86_64-linux-gnu/*"]],
+    )
+    max_connections_per_uid: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most connections one peer uid other than the agent's own may hold at "
+        "once (all sockets together); more are refused. null = a quarter of max_connections.",
+        examples=[64],
+    )
+    reserved_connections: int = Field(
+        default=16,
+        ge=0,
+        description="Slots of max_connections that only the agent's own uid may use, so "
+        "other uids on listeners can never lock the owner out (at most half of "
+        "max_connections is reserved).",
+        examples=[32],
+    )
+    max_buffered_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Bytes of unfinished requests (frames still arriving) the agent buffers "
+        "for all connections together; the connection whose bytes would pass it is closed.",
+        examples=[8388608],
+    )
+    frame_timeout_ms: int = Field(
+        default=10_000,
+        ge=0,
+        description="Close a connection that does not finish a request within this long "
+        "after its first byte arrived (slow senders); 0 = no deadline.",
+        examples=[5000],
     )
 
     @field_validator("pkcs11_allowlist")

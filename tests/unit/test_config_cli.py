@@ -107,7 +107,8 @@ def test_validate_files_ignores_system_layers_and_env(
     assert result.stdout.splitlines() == [
         f"{system.system_file}:1: agent.bogus: unknown key 'bogus' (expected one of: socket, "
         "profile, max_connections, max_signers, sign_timeout_ms, idle_timeout_ms, "
-        "identity_cache_ms, listen_backlog, allow_add, allow_lock, pkcs11_allowlist)",
+        "identity_cache_ms, listen_backlog, allow_add, allow_lock, pkcs11_allowlist, "
+        "max_connections_per_uid, reserved_connections, max_buffered_bytes, frame_timeout_ms)",
         "env:SECRETIVEX_AGENT__MAX_SIGNERS: agent.max_signers: expected a whole number, got 'zero'",
     ]
 

@@ -351,7 +351,8 @@ def test_cli_override_of_unknown_key(tree: Tree) -> None:
     assert tree.lines(cli={"agent.nope": 1}, flags={"agent.nope": "--nope"}) == [
         "cli:--nope: agent.nope: unknown key 'nope' (expected one of: socket, profile, "
         "max_connections, max_signers, sign_timeout_ms, idle_timeout_ms, identity_cache_ms, "
-        "listen_backlog, allow_add, allow_lock, pkcs11_allowlist)"
+        "listen_backlog, allow_add, allow_lock, pkcs11_allowlist, max_connections_per_uid, "
+        "reserved_connections, max_buffered_bytes, frame_timeout_ms)"
     ]
 
 
