@@ -267,10 +267,14 @@ def test_refusal_burst_is_logged_rate_limited(tmp_path: Path) -> None:
 
 
 def test_pipelined_requests_do_not_starve_other_clients(tmp_path: Path) -> None:
+    """One client writes 13,107 list requests per 64 KiB write, several writes back to
+    back (a reader thread drains the replies), so the agent is busy with its batches the
+    whole time; a second client's list latency is measured meanwhile."""
     key = _key(tmp_path)
-    per_write = (64 * 1024) // len(LIST_REQUEST)  # 13,107 requests in one 64 KiB write
-    writes = 6
+    per_write = (64 * 1024) // len(LIST_REQUEST)
+    writes = 8
     with running_agent(tmp_path, "--key", str(key)) as agent:
+        reply_size = 4 + len(raw_list(agent.socket))
         idle_latencies = []
         for _ in range(20):
             t0 = time.perf_counter()
@@ -281,41 +285,55 @@ def test_pipelined_requests_do_not_starve_other_clients(tmp_path: Path) -> None:
         pipe.connect(str(agent.socket))
         pipe.settimeout(120)
         done = threading.Event()
-        batch_times: list[float] = []
+        spans: list[float] = []
 
-        def pipeline() -> None:
+        def write_all() -> None:
+            pipe.sendall(LIST_REQUEST * per_write * writes)
+
+        def read_all() -> None:
             try:
-                for _ in range(writes):
-                    t0 = time.perf_counter()
-                    pipe.sendall(LIST_REQUEST * per_write)
-                    for _ in range(per_write):
-                        assert read_frame(pipe)[:1] == b"\x0c"
-                    batch_times.append(time.perf_counter() - t0)
+                want = reply_size * per_write * writes
+                got = 0
+                t0 = time.perf_counter()
+                while got < want:
+                    chunk = pipe.recv(1 << 20)
+                    if not chunk:
+                        break
+                    got += len(chunk)
+                spans.append(time.perf_counter() - t0)
+                assert got == want
             finally:
                 done.set()
 
-        worker = threading.Thread(target=pipeline)
-        worker.start()
+        writer = threading.Thread(target=write_all)
+        reader = threading.Thread(target=read_all)
+        reader.start()
+        writer.start()
         busy_latencies = []
         while not done.is_set():
             t0 = time.perf_counter()
             assert raw_list(agent.socket)[:1] == b"\x0c"
             busy_latencies.append(time.perf_counter() - t0)
-            time.sleep(0.005)
-        worker.join()
+            time.sleep(0.002)
+        writer.join()
+        reader.join()
         pipe.close()
-    batch = statistics.median(batch_times)
-    worst = max(busy_latencies)
+    assert spans, "the pipelining client did not get all its replies"
+    batch = spans[0] / writes  # time the agent spends on one 64 KiB write
+    busy_latencies.sort()
+    median = statistics.median(busy_latencies)
+    p90 = busy_latencies[int(len(busy_latencies) * 0.9)]
     print(
-        f"\npipelining: {per_write} requests per write, batch {batch * 1000:.0f} ms; "
-        f"concurrent list latency median {statistics.median(busy_latencies) * 1000:.1f} ms, "
-        f"max {worst * 1000:.1f} ms over {len(busy_latencies)} requests "
+        f"\npipelining: {writes} x {per_write} requests, {batch * 1000:.0f} ms per write; "
+        f"concurrent list latency median {median * 1000:.1f} ms, p90 {p90 * 1000:.1f} ms, "
+        f"max {busy_latencies[-1] * 1000:.1f} ms over {len(busy_latencies)} requests "
         f"(idle median {statistics.median(idle_latencies) * 1000:.1f} ms)"
     )
     assert len(busy_latencies) >= 5
-    # Without yielding, a request arriving during a batch waits for the rest of it.
-    assert statistics.median(busy_latencies) < batch / 10, (batch, busy_latencies)
-    assert worst < batch / 2, (batch, busy_latencies)
+    # Without yielding, a request arriving during a batch waits for the rest of it:
+    # measured before the fix, median 0.8 and p90 1.1 batches; after, 1/12 and 1/8.
+    assert median < batch / 4, (batch, busy_latencies)
+    assert p90 < batch / 2, (batch, busy_latencies)
 
 
 @pytest.fixture(autouse=True)
