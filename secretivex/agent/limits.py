@@ -21,6 +21,13 @@ PER_LISTENER = "listener_max_connections"
 
 _K = TypeVar("_K")
 
+#: Bytes of an unfinished frame each connection may hold outside the shared budget.
+FREE_BYTES_PER_CONNECTION = 8 * 1024
+
+
+def _charged(pending: int) -> int:
+    return max(0, pending - FREE_BYTES_PER_CONNECTION)
+
 
 class Listener(Protocol):
     path: Path
@@ -113,14 +120,18 @@ class ConnectionTracker:
         _decrement(self.by_listener, listener.path)
 
     def hold_bytes(self, held: int, wanted: int) -> bool:
-        """Move one connection's share of the frame budget from ``held`` to ``wanted``
-        bytes; False (nothing changed) when growing would pass the cap."""
-        grow = wanted - held
+        """Move one connection's unfinished frame from ``held`` to ``wanted`` bytes;
+        False (nothing changed) when that would pass the budget.
+
+        The first ``FREE_BYTES_PER_CONNECTION`` of each connection are not charged, so
+        a full budget never refuses small requests (every list and sign, typical adds)
+        and a flood of big frames cannot lock out ordinary clients."""
+        grow = _charged(wanted) - _charged(held)
         if grow > 0 and self.buffered + grow > self.limits.max_buffered_bytes:
             return False
         self.buffered += grow
-        if grow < 0:
-            self.released -= grow
+        if wanted < held:
+            self.released += held - wanted
         return True
 
     def drain(self) -> None:

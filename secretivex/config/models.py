@@ -410,7 +410,8 @@ class AgentSection(_Section):
         default=16 * 1024 * 1024,
         ge=64 * 1024,
         description="Bytes of unfinished requests (frames still arriving) the agent buffers "
-        "for all connections together; the connection whose bytes would pass it is closed.",
+        "for all connections together, beyond the first 8 KiB of each (small requests are "
+        "never refused); the connection whose bytes would pass it is closed.",
         examples=[8388608],
     )
     frame_timeout_ms: int = Field(

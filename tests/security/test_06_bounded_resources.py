@@ -203,6 +203,9 @@ def test_memory_of_unfinished_frames_is_bounded(tmp_path: Path) -> None:
             peak = max(peak, vm_rss_kib(pid))
             snap: dict[str, Any] = metrics_snapshot(agent.proc, metrics)
             assert raw_list(agent.socket)[:1] == b"\x0c"  # still serving
+            # ssh-add writes a request's length and body separately: a small frame is
+            # never refused for want of budget.
+            assert agent.ssh_add("-l", check=False).returncode == 1  # "no identities"
         finally:
             for s in socks:
                 if s is not None:

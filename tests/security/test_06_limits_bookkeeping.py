@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from secretivex.agent.limits import (
+    FREE_BYTES_PER_CONNECTION,
     MAX_CONNECTIONS,
     OWNER_RESERVE,
     PER_LISTENER,
@@ -70,13 +71,15 @@ def test_other_uids_never_take_the_owners_headroom() -> None:
 
 
 def test_frame_budget_is_shared_and_released() -> None:
+    free = FREE_BYTES_PER_CONNECTION
     tracker = ConnectionTracker(ConnectionLimits(max_buffered_bytes=1000), OWNER)
-    assert tracker.hold_bytes(0, 600)
-    assert not tracker.hold_bytes(0, 500)  # a second connection would pass the cap
-    assert tracker.hold_bytes(0, 400)
-    assert tracker.hold_bytes(600, 0)  # frame finished
-    assert tracker.buffered == 400 and tracker.released == 600
-    assert tracker.hold_bytes(400, 100) and tracker.buffered == 100
+    assert tracker.hold_bytes(0, free + 600)
+    assert not tracker.hold_bytes(0, free + 500)  # a second big frame would pass the cap
+    assert tracker.hold_bytes(0, free)  # small frames are never charged
+    assert tracker.hold_bytes(0, free + 400)
+    assert tracker.hold_bytes(free + 600, 0)  # frame finished
+    assert tracker.buffered == 400 and tracker.released == free + 600
+    assert tracker.hold_bytes(free + 400, free + 100) and tracker.buffered == 100
 
 
 def test_throttle_logs_once_per_window_and_counts_the_rest(
