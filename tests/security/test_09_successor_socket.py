@@ -57,13 +57,19 @@ def test_exiting_agent_keeps_its_successors_socket(tmp_path: Path) -> None:
         assert wait_until(started.exists, timeout=30), agent_a.log()
         a_inode = sock.lstat().st_ino
         agent_a.signal(signal.SIGTERM)
-        # A stops accepting at drain start but keeps running for the in-flight sign.
+        # A stops accepting at drain start but keeps running for the in-flight sign
+        # (up to its 5 s drain grace). Freeze it there, so that B's start-up time on a
+        # busy machine cannot decide the outcome.
         assert wait_until(lambda: _refuses(sock), timeout=10)
-        agent_b = start_agent(tmp_path / "b", socket_path=sock)
-        assert sock.lstat().st_ino != a_inode  # B replaced A's dead socket file
+        agent_a.signal(signal.SIGSTOP)
         assert pid_alive(agent_a.proc.pid) and agent_a.proc.poll() is None, (
-            "agent A exited before B was listening: the test proves nothing on this run"
+            "agent A exited before it could be frozen: the test proves nothing on this run"
         )
+        try:
+            agent_b = start_agent(tmp_path / "b", socket_path=sock)
+            assert sock.lstat().st_ino != a_inode  # B replaced A's dead socket file
+        finally:
+            agent_a.signal(signal.SIGCONT)
         agent_a.proc.wait(30)
         time.sleep(0.2)
         assert sock.exists(), "the old agent removed its successor's socket"
