@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import logging
 import os
@@ -43,6 +44,8 @@ class ListenerSpec:
     peer_gids: frozenset[int] = frozenset()
     allow_add: bool = True
     allow_lock: bool = True
+    #: Most connections this socket serves at once; None = only the agent-wide limits.
+    max_connections: int | None = None
     _visible: dict[bytes, bool] = field(default_factory=dict, repr=False)
 
     @property
@@ -124,21 +127,73 @@ def resolve_gid(value: int | str | None) -> int | None:
         raise ListenerError(f"unknown group {value!r}") from None
 
 
+def _check_directory(directory: Path, fd: int) -> os.stat_result:
+    """Refuse a directory in which anyone but us (or root) could rename or replace our
+    socket: then they could put their own socket in its place and receive the keys the
+    owner adds with ssh-add."""
+    st = os.fstat(fd)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ListenerError(f"socket directory {directory} is not a directory")
+    euid = os.geteuid()
+    if st.st_uid not in (euid, 0):
+        raise ListenerError(
+            f"socket directory {directory} is owned by uid {st.st_uid}, not by this agent's "
+            f"uid {euid} or root: refusing to serve a socket there"
+        )
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise ListenerError(
+            f"socket directory {directory} is group/other-writable "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}) without the sticky bit: "
+            "refusing to serve a socket there"
+        )
+    return st
+
+
+def _open_directory(directory: Path) -> int:
+    """Open the directory itself, never through a symlink (checks then act on the fd)."""
+    try:
+        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and os.path.islink(directory)):
+            raise ListenerError(
+                f"socket directory {directory} is a symlink: refusing to serve a socket there"
+            ) from None
+        raise ListenerError(f"socket directory {directory}: {exc.strerror or exc}") from None
+
+
 def _ensure_directory(directory: Path, mode: int, group: int | None) -> None:
     """Create the socket's directory owner-only (0700), opened just enough for
-    group/other access when the socket's own mode grants it. Existing directories are
-    left as their owner set them."""
-    if directory.is_dir():
-        return
-    dir_mode = 0o700
-    if mode & 0o070:
-        dir_mode |= 0o010
-    if mode & 0o007:
-        dir_mode |= 0o001
-    directory.mkdir(parents=True, mode=0o700, exist_ok=True)
-    os.chmod(directory, dir_mode)
-    if group is not None:
-        os.chown(directory, -1, group)
+    group/other access when the socket's own mode grants it, and verify it after
+    creation (someone may race the mkdir). An existing directory is used only if it is
+    safe (see :func:`_check_directory`); its mode is left as its owner set it."""
+    created = False
+    if not os.path.lexists(directory):
+        directory.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+        try:
+            os.mkdir(directory, 0o700)
+            created = True
+        except FileExistsError:
+            pass  # someone else was first: judged below like any existing directory
+    fd = _open_directory(directory)
+    try:
+        st = _check_directory(directory, fd)
+        if not created:
+            return
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise ListenerError(
+                f"socket directory {directory} changed after it was created "
+                f"(uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}): refusing to use it"
+            )
+        dir_mode = 0o700
+        if mode & 0o070:
+            dir_mode |= 0o010
+        if mode & 0o007:
+            dir_mode |= 0o001
+        os.fchmod(fd, dir_mode)
+        if group is not None:
+            os.fchown(fd, -1, group)
+    finally:
+        os.close(fd)
 
 
 def _remove_stale(path: Path) -> None:
@@ -161,12 +216,23 @@ def _remove_stale(path: Path) -> None:
     raise ListenerError(f"another agent is already listening on {path}")
 
 
-def bind_listener(spec: ListenerSpec, backlog: int = 512) -> socket.socket:
+@dataclass(frozen=True)
+class BoundSocket:
+    """A listening socket and the identity of the file it bound, so that on exit we
+    remove that file only, never a successor's socket at the same path."""
+
+    sock: socket.socket
+    dev: int
+    ino: int
+
+
+def bind_listener(spec: ListenerSpec, backlog: int = 512) -> BoundSocket:
     """Bind ``spec.path`` with its final mode from the first instant (umask), never
-    briefly world-accessible."""
+    briefly world-accessible, in a directory no other uid controls."""
     path = spec.path
     if len(os.fsencode(str(path))) > 107:
         raise ListenerError(f"{path}: socket path longer than 107 bytes")
+    sock: socket.socket | None = None
     try:
         _ensure_directory(path.parent, spec.mode, spec.group)
         _remove_stale(path)
@@ -176,6 +242,7 @@ def bind_listener(spec: ListenerSpec, backlog: int = 512) -> socket.socket:
             sock.bind(str(path))
         finally:
             os.umask(old_umask)
+        st = path.lstat()
         os.chmod(path, spec.mode)
         if spec.owner is not None or spec.group is not None:
             os.chown(
@@ -186,19 +253,25 @@ def bind_listener(spec: ListenerSpec, backlog: int = 512) -> socket.socket:
         sock.listen(backlog)
         sock.setblocking(False)
     except ListenerError:
+        if sock is not None:
+            sock.close()
         raise
     except OSError as exc:
-        with contextlib.suppress(Exception):
+        if sock is not None:
             sock.close()
         raise ListenerError(f"{path}: {exc.strerror or exc}") from None
-    return sock
+    return BoundSocket(sock, st.st_dev, st.st_ino)
 
 
-def unlink_socket(path: Path) -> None:
-    """Remove our socket file on exit (never anything that is not a socket)."""
+def unlink_socket(path: Path, dev: int, ino: int) -> None:
+    """Remove our socket file on exit: only if the file at ``path`` is still the one we
+    bound (a successor may have replaced it while we drained)."""
     with contextlib.suppress(OSError):
-        if stat.S_ISSOCK(path.lstat().st_mode):
+        st = path.lstat()
+        if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == (dev, ino):
             path.unlink()
+        elif stat.S_ISSOCK(st.st_mode):
+            log.info("left %s in place: it is no longer the socket this agent bound", path)
 
 
 def describe(specs: Sequence[ListenerSpec]) -> str:

@@ -16,8 +16,10 @@ import anyio
 from anyio.abc import SocketListener, SocketStream, TaskGroup, TaskStatus
 
 from secretivex.agent.audit import AuditLog
-from secretivex.agent.connection import ConnectionTracker, serve_connection
+from secretivex.agent.connection import refusals, serve_connection
 from secretivex.agent.dispatcher import Dispatcher, Limits
+from secretivex.agent.heap import trim_heap
+from secretivex.agent.limits import ConnectionLimits, ConnectionTracker
 from secretivex.agent.listeners import (
     ListenerError,
     ListenerSpec,
@@ -37,6 +39,8 @@ from secretivex.stores.secrets import secret_reader as _secret_reader
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 5.0
+#: Trim the heap once this many bytes of frame buffers were released (checked each second).
+TRIM_AFTER_BYTES = 1024 * 1024
 MAIN_LISTENER = "agent"
 
 
@@ -108,6 +112,7 @@ def build_listener_specs(cfg: Any) -> list[ListenerSpec]:
                 peer_gids=frozenset(resolve_gid(g) or 0 for g in peers.gids),
                 allow_add=lc.allow_add,
                 allow_lock=lc.allow_lock,
+                max_connections=getattr(lc, "max_connections", None),
             )
         )
     return specs
@@ -120,7 +125,13 @@ class _Serving:
     #: Passed in by systemd: the socket file is the service manager's, never ours to
     #: remove or chmod.
     inherited: bool = False
+    #: (st_dev, st_ino) of the file we bound: removed on exit only while it is still ours.
+    identity: tuple[int, int] | None = None
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+    def unlink(self) -> None:
+        if not self.inherited and self.identity is not None:
+            unlink_socket(self.spec.path, *self.identity)
 
 
 class Agent:
@@ -161,7 +172,7 @@ class Agent:
             spawn=self._spawn_maintenance,
             default_lifetime_s=agent.default_lifetime,
         )
-        self.tracker = ConnectionTracker(agent.max_connections)
+        self.tracker = ConnectionTracker(ConnectionLimits.from_config(agent))
         self.idle_timeout_s = agent.idle_timeout_ms / 1000 if agent.idle_timeout_ms else None
         self._serving: dict[Path, _Serving] = {}
         self._tg: TaskGroup | None = None
@@ -192,16 +203,25 @@ class Agent:
         for store in self.registry.stores:
             await store.open()
         try:
+            # Bind every socket before any task group opens: a startup error then
+            # reaches the CLI as itself (one line), not wrapped in an ExceptionGroup.
+            try:
+                specs = build_listener_specs(self.config)
+            except ListenerError as exc:
+                raise AgentStartupError(str(exc)) from None
+            for spec in specs:
+                await self._open_listener(spec)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 async with anyio.create_task_group() as conn_tg:
                     self._conn_tg = conn_tg
-                    for spec in build_listener_specs(self.config):
-                        await self._start_listener(spec)
+                    for serving in self._serving.values():
+                        tg.start_soon(self._accept_loop, serving)
                     # Handlers first: a SIGHUP right after READY=1 must reload, not kill.
                     await tg.start(self._signals)
                     for store in self.registry.stores:
                         tg.start_soon(self._maintain, store)
+                    tg.start_soon(self._trim_heap_loop)
                     self._start_metrics_writer(tg)
                     self._notify("READY=1")
                     if self._on_listening is not None:
@@ -218,9 +238,8 @@ class Agent:
                     conn_tg.cancel_scope.cancel()
                 tg.cancel_scope.cancel()
         finally:
-            for path, serving in list(self._serving.items()):
-                if not serving.inherited:
-                    unlink_socket(path)
+            for serving in list(self._serving.values()):
+                serving.unlink()
             self._serving.clear()
             for store in self.registry.stores:
                 with anyio.CancelScope(shield=True):
@@ -229,6 +248,7 @@ class Agent:
                     except Exception as exc:
                         log.warning("closing store %s: %s", store.name, exc)
             self.audit.close()
+            refusals.flush()
             log.info("secretivex stopped")
 
     def stop(self) -> None:
@@ -250,6 +270,14 @@ class Agent:
         except Exception:
             log.exception("store %s: maintenance task failed", store.name)
 
+    async def _trim_heap_loop(self) -> None:
+        """Give memory of released frame buffers back to the OS, at most once a second."""
+        while True:
+            await anyio.sleep(1.0)
+            if self.tracker.released >= TRIM_AFTER_BYTES:
+                self.tracker.released = 0
+                trim_heap()
+
     def _notify(self, state: str) -> None:
         try:
             from secretivex.agent import systemd
@@ -259,22 +287,29 @@ class Agent:
 
     # -- listeners --------------------------------------------------------------------
 
-    async def _start_listener(self, spec: ListenerSpec) -> None:
+    async def _open_listener(self, spec: ListenerSpec) -> _Serving:
+        """Bind (or adopt from systemd) one socket; recorded at once so that a later
+        failure still removes it."""
         inherited = self._inherited.pop(spec.name, None) or self._inherited.pop(
             str(spec.path), None
         )
-        try:
-            sock = (
-                inherited
-                if inherited is not None
-                else bind_listener(spec, getattr(self.config.agent, "listen_backlog", 512))
-            )
-        except ListenerError as exc:
-            raise AgentStartupError(str(exc)) from None
+        identity: tuple[int, int] | None = None
+        if inherited is not None:
+            sock = inherited
+        else:
+            try:
+                bound = bind_listener(spec, getattr(self.config.agent, "listen_backlog", 512))
+            except ListenerError as exc:
+                raise AgentStartupError(str(exc)) from None
+            sock, identity = bound.sock, (bound.dev, bound.ino)
         sock.setblocking(False)
         listener = await SocketListener.from_socket(sock)
-        serving = _Serving(spec, listener, inherited=inherited is not None)
+        serving = _Serving(spec, listener, inherited=inherited is not None, identity=identity)
         self._serving[spec.path] = serving
+        return serving
+
+    async def _start_listener(self, spec: ListenerSpec) -> None:
+        serving = await self._open_listener(spec)
         assert self._tg is not None
         self._tg.start_soon(self._accept_loop, serving)
 
@@ -393,14 +428,14 @@ class Agent:
         for path in [p for p in self._serving if p not in specs]:
             serving = self._serving.pop(path)
             serving.scope.cancel()
-            if not serving.inherited:
-                unlink_socket(path)
+            serving.unlink()
         removed = [s for s in self.registry.configured if s not in new_stores]
         self.registry.configured = new_stores
         self._store_configs = store_configs
         self.dispatcher.policy = policy
         self.dispatcher.default_lifetime_s = new.agent.default_lifetime
         self.dispatcher.invalidate()
+        self.tracker.limits = ConnectionLimits.from_config(new.agent)
         self.config = new
         assert self._tg is not None
         for store in opened:
@@ -422,4 +457,5 @@ def _update_spec(current: ListenerSpec, new: ListenerSpec, *, chmod: bool = True
     current.keys = new.keys
     current.peer_uids, current.peer_gids = new.peer_uids, new.peer_gids
     current.allow_add, current.allow_lock = new.allow_add, new.allow_lock
+    current.max_connections = new.max_connections
     current._visible.clear()

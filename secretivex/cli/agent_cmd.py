@@ -225,6 +225,13 @@ def agent(
     except AuditPathError as exc:
         typer.echo(f"secretivex: config: {exc}", err=True)
         raise typer.Exit(2) from None
+    except BaseExceptionGroup as group:
+        # A startup error raised inside a task group (e.g. by a reload) arrives wrapped.
+        startup = _startup_error(group, AgentStartupError)
+        if startup is None:
+            raise
+        typer.echo(f"secretivex: {startup}", err=True)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         pass
 
@@ -253,6 +260,17 @@ def _kill(socket: Path | None, csh: bool) -> None:
 def _usage(message: str) -> NoReturn:
     typer.echo(f"secretivex: {message}", err=True)
     raise typer.Exit(2)
+
+
+def _startup_error(group: BaseExceptionGroup, kind: type[Exception]) -> Exception | None:
+    """The first ``kind`` error in a (nested) group of nothing but ``kind`` errors."""
+    matched, rest = group.split(kind)
+    if matched is None or rest is not None:
+        return None
+    exc: BaseException = matched
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, kind) else None
 
 
 @agent_app.command("suggest-queue-wait")

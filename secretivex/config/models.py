@@ -451,6 +451,36 @@ class AgentSection(_Section):
         "[] forbids ssh-add -s.",
         examples=[["/usr/lib/x86_64-linux-gnu/*"]],
     )
+    max_connections_per_uid: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most connections one peer uid other than the agent's own may hold at "
+        "once (all sockets together); more are refused. null = a quarter of max_connections.",
+        examples=[64],
+    )
+    reserved_connections: int = Field(
+        default=16,
+        ge=0,
+        description="Slots of max_connections that only the agent's own uid may use, so "
+        "other uids on listeners can never lock the owner out (at most half of "
+        "max_connections is reserved).",
+        examples=[32],
+    )
+    max_buffered_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Bytes of unfinished requests (frames still arriving) the agent buffers "
+        "for all connections together, beyond the first 8 KiB of each (small requests are "
+        "never refused); the connection whose bytes would pass it is closed.",
+        examples=[8388608],
+    )
+    frame_timeout_ms: int = Field(
+        default=10_000,
+        ge=0,
+        description="Close a connection that does not finish a request within this long "
+        "after its first byte arrived (slow senders); 0 = no deadline.",
+        examples=[5000],
+    )
 
     default_lifetime: Lifetime = Field(
         default=0,
@@ -773,6 +803,13 @@ class ListenerSection(_Section):
         default=False,
         description="Let clients of this socket lock/unlock the agent.",
         examples=[True],
+    )
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most connections this socket serves at once (within agent.max_connections "
+        "and agent.max_connections_per_uid); more are refused. null = no separate limit.",
+        examples=[64],
     )
 
     @property

@@ -95,6 +95,8 @@ class FrameDecoder:
         finally:
             if view is not None:
                 view.release()
-        if pos:
+        if pos == size:
+            self._buf = bytearray()  # drop the capacity a large frame left behind
+        elif pos:
             del buf[:pos]
         return out
