@@ -16,6 +16,7 @@ import socket
 import statistics
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -296,3 +297,183 @@ def openssh_agent(directory: Path) -> Iterator[OpenSshAgent]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# -- a hostile upstream agent ----------------------------------------------------------
+
+#: Modes of ``HostileUpstream``: "good" relays to a real agent; the others misbehave.
+UPSTREAM_MODES = ("good", "never", "trickle", "garbage", "slow")
+
+_GARBAGE = (
+    b"\xff\xff\xff\xff",  # a frame longer than any agent message
+    u32(9) + bytes([SSH_AGENT_IDENTITIES_ANSWER]) + u32(0xFFFFFFFF) + b"\x00" * 4,  # 4e9 keys
+    u32(5) + b"\x63\x00\x01\x02\x03",  # an unknown message type
+    u32(0),  # an empty frame
+)
+
+
+class _HostileServer:
+    """The server side of ``HostileUpstream``; runs in its own process (see ``main``)."""
+
+    def __init__(self, path: Path, real_agent: Path, mode_file: Path, delay_s: float) -> None:
+        self.path = path
+        self.real_agent = real_agent
+        self.mode_file = mode_file
+        self.delay_s = delay_s
+        self._stop = threading.Event()
+        self._garbage = 0
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(str(path))
+        self._server.listen(64)
+
+    @property
+    def mode(self) -> str:
+        try:
+            return self.mode_file.read_text().strip() or "good"
+        except OSError:
+            return "good"
+
+    def serve_forever(self) -> None:
+        while True:
+            conn, _ = self._server.accept()
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _read_frame(self, conn: socket.socket) -> bytes | None:
+        buf = b""
+        while len(buf) < 4 or len(buf) < 4 + struct.unpack(">I", buf[:4])[0]:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return None
+            buf += chunk
+        return buf[4:]
+
+    def _relay(self, payload: bytes) -> bytes:
+        with RawAgent(self.real_agent, timeout=30) as real:
+            answer = real.request(payload)
+        return u32(len(answer)) + answer
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            while True:
+                try:
+                    payload = self._read_frame(conn)
+                    if payload is None:
+                        return
+                    mode = self.mode
+                    if mode == "good":
+                        conn.sendall(self._relay(payload))
+                    elif mode == "slow":
+                        time.sleep(self.delay_s)
+                        conn.sendall(self._relay(payload))
+                    elif mode == "never":
+                        while conn.recv(65536):  # read on, answer nothing, until hung up
+                            pass
+                        return
+                    elif mode == "trickle":
+                        for byte in self._relay(payload):
+                            time.sleep(1.0)
+                            conn.sendall(bytes([byte]))
+                    elif mode == "garbage":
+                        self._garbage += 1
+                        conn.sendall(_GARBAGE[self._garbage % len(_GARBAGE)])
+                except (OSError, ConnectionError):
+                    return
+
+
+class HostileUpstream:
+    """A real Unix-socket agent server, in its own process, in front of a real
+    ``ssh-agent``. Set ``mode`` at any time; it applies to the next request:
+    good (relay), never (accept, read, never answer), trickle (the real answer, one byte
+    per second), garbage (malformed frames), slow (the real answer after ``delay_s``).
+    """
+
+    def __init__(self, path: Path, real_agent: Path, delay_s: float = 1.0) -> None:
+        self.path = path
+        self._mode_file = path.with_name(path.name + ".mode")
+        self.mode = "good"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "hostile-upstream",
+                str(path),
+                str(real_agent),
+                str(self._mode_file),
+                str(delay_s),
+            ]
+        )
+        deadline = time.monotonic() + 10
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    @property
+    def mode(self) -> str:
+        return self._mode_file.read_text()
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        assert value in UPSTREAM_MODES, value
+        tmp = self._mode_file.with_suffix(".tmp")
+        tmp.write_text(value)
+        tmp.replace(self._mode_file)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def __enter__(self) -> HostileUpstream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- load from another process -------------------------------------------------------
+
+
+def _hammer(path: str, blob_hex: str, clients: int) -> None:
+    """``clients`` connections signing with one key in a loop, until killed."""
+    blob = bytes.fromhex(blob_hex)
+
+    def one() -> None:
+        while True:
+            try:
+                with RawAgent(path, timeout=60) as conn:
+                    while True:
+                        if conn.sign(blob, b"hammer") is None:
+                            time.sleep(0.01)
+            except OSError:
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+@contextlib.contextmanager
+def hammering(path: Path, blob: bytes, clients: int) -> Iterator[None]:
+    """Sign requests for ``blob`` from ``clients`` connections of another process."""
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "hammer", str(path), blob.hex(), str(clients)]
+    )
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def main(argv: list[str]) -> None:
+    if argv[0] == "hostile-upstream":
+        path, real, mode_file, delay = argv[1:5]
+        _HostileServer(Path(path), Path(real), Path(mode_file), float(delay)).serve_forever()
+    elif argv[0] == "hammer":
+        _hammer(argv[1], argv[2], int(argv[3]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
