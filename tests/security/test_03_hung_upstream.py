@@ -266,3 +266,23 @@ def test_03_hung_upstream_does_not_hold_global_signer_slots(
             assert during < 2 * baseline + 0.5, (
                 f"big-key sign took {during:.2f} s with a hung upstream (alone {baseline:.2f} s)"
             )
+
+
+@pytest.mark.parametrize("mode", ["never", "trickle", "garbage"])
+def test_03_client_cli_bounded_against_hostile_agent(
+    tmp_path: Path, real_upstream: OpenSshAgent, mode: str
+) -> None:
+    """``secretivex client list`` talking to a hostile agent: one line, exit 1, within
+    its timeout (a trickling agent used to reset a per-read timeout with every byte)."""
+    with HostileUpstream(tmp_path / "hostile.sock", real_upstream.socket) as hostile:
+        hostile.mode = mode
+        t0 = time.monotonic()
+        proc = run(
+            [SECRETIVEX, "client", "list", "--socket", str(hostile.path), "--timeout-ms", "1500"],
+            check=False,
+            timeout=60,
+        )
+        elapsed = time.monotonic() - t0
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert elapsed < 1.5 + 3.0, f"client list took {elapsed:.1f} s against a {mode} agent"
