@@ -170,6 +170,10 @@ class UpstreamStore(KeyStore):
                 await client.aclose()
             self._refresh_failed(str(exc), gone=isinstance(exc, AgentUnavailable))
             return
+        if self._closed:  # closed while this refresh was in flight
+            for client in lister:
+                await client.aclose()
+            return
         self._lister = lister[0] if lister else None
         if self._state is StoreState.DEGRADED:
             log.info("store %s: upstream %s is back", self.name, self.socket_path)

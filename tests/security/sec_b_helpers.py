@@ -467,12 +467,46 @@ def hammering(path: Path, blob: bytes, clients: int) -> Iterator[None]:
         proc.wait()
 
 
+def _burst(path: str, payload_hex: str, conns: int, per_conn: int) -> None:
+    """Send one payload ``per_conn`` times on each of ``conns`` connections at once;
+    print the first byte of every reply (one hex pair each)."""
+    payload = bytes.fromhex(payload_hex)
+    replies: list[int] = []
+
+    def one() -> None:
+        with RawAgent(path, timeout=120) as conn:
+            for _ in range(per_conn):
+                replies.append(conn.request(payload)[0])
+
+    threads = [threading.Thread(target=one) for _ in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(bytes(replies).hex())
+
+
+def burst(path: Path, payload: bytes, conns: int, per_conn: int) -> list[int]:
+    """Run ``_burst`` in another process (so its threads do not compete with the
+    test's measuring thread for this interpreter's GIL); return the reply types."""
+    out = subprocess.run(
+        [sys.executable, __file__, "burst", str(path), payload.hex(), str(conns), str(per_conn)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    return list(bytes.fromhex(out.strip()))
+
+
 def main(argv: list[str]) -> None:
     if argv[0] == "hostile-upstream":
         path, real, mode_file, delay = argv[1:5]
         _HostileServer(Path(path), Path(real), Path(mode_file), float(delay)).serve_forever()
     elif argv[0] == "hammer":
         _hammer(argv[1], argv[2], int(argv[3]))
+    elif argv[0] == "burst":
+        _burst(argv[1], argv[2], int(argv[3]), int(argv[4]))
 
 
 if __name__ == "__main__":

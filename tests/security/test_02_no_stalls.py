@@ -12,12 +12,11 @@ from __future__ import annotations
 import math
 import secrets
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from harness import AgentProcess, keygen, require_tool, run, running_agent
+from harness import keygen, require_tool, run, running_agent
 from sec_b_helpers import (
     SSH_AGENT_FAILURE,
     SSH_AGENT_SUCCESS,
@@ -27,6 +26,7 @@ from sec_b_helpers import (
     RsaParts,
     add_identity_payload,
     background_lister,
+    burst,
     crafted_rsa,
     openssh_agent,
     string,
@@ -203,27 +203,6 @@ def _session_bind_payload(host: RsaParts, session_id: bytes, signature: bytes) -
     )
 
 
-def _bind_burst(agent: AgentProcess, payload: bytes, conns: int, per_conn: int) -> list[int]:
-    replies: list[int] = []
-    errors: list[BaseException] = []
-
-    def one() -> None:
-        try:
-            with RawAgent(agent.socket, timeout=120) as conn:
-                for _ in range(per_conn):
-                    replies.append(conn.request(payload)[0])
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=one) for _ in range(conns)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    assert not errors, errors[0]
-    return replies
-
-
 def test_02_session_bind_burst_keeps_lists_fast(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -238,7 +217,7 @@ def test_02_session_bind_burst_keeps_lists_fast(
             assert probe.request(bad)[0] == SSH_AGENT_FAILURE
         with background_lister(agent.socket) as lat:
             start = time.monotonic()
-            replies = _bind_burst(agent, payload, conns, per_conn)
+            replies = burst(agent.socket, payload, conns, per_conn)
             end = time.monotonic()
         assert replies == [SSH_AGENT_SUCCESS] * (conns * per_conn)
         _assert_no_stall(lat, start, end, f"{conns * per_conn} session-binds")
