@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,19 +39,6 @@ SUPPORTED_EXTENSIONS = (QUERY_EXTENSION, SESSION_BIND_EXTENSION, HEALTH_EXTENSIO
 MAX_BINDINGS = 16  # per connection, as OpenSSH
 
 FAILURE = protocol.FAILURE_FRAME
-
-
-class _NoSlot:
-    """An ``async with`` that limits nothing (stores that bound their own signs)."""
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_SLOT = _NoSlot()
 SUCCESS = protocol.SUCCESS_FRAME
 
 
@@ -263,7 +251,9 @@ class Dispatcher:
         queued = time.perf_counter_ns()
         # A store that bounds its own concurrency (an upstream agent that may hang) must
         # not hold the global max_signers slots, or it starves token signs.
-        slots = self.limits.signers if store.shares_signer_slots else _NO_SLOT
+        slots: AbstractAsyncContextManager[Any] = (
+            self.limits.signers if store.shares_signer_slots else nullcontext()
+        )
         with anyio.move_on_after(self.limits.sign_timeout_s) as scope:
             async with slots:
                 self.metrics.on_queue_wait(time.perf_counter_ns() - queued)
