@@ -12,6 +12,7 @@ import math
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,12 @@ class Limits:
     def __init__(self, max_signers: int, sign_timeout_ms: int) -> None:
         self.signers = anyio.Semaphore(max(1, max_signers))
         self.sign_timeout_s = sign_timeout_ms / 1000 if sign_timeout_ms > 0 else None
+        #: Worker threads for in-memory keys too slow to sign on the event loop.
+        self.sign_threads = anyio.CapacityLimiter(max(1, max_signers))
+        #: Worker threads that parse added keys and verify session-bind signatures:
+        #: cryptography releases the GIL in verifications, so a burst of them runs
+        #: here while the event loop keeps answering other clients.
+        self.check_threads = anyio.CapacityLimiter(2)
 
 
 class Outcome(Exception):
@@ -290,7 +297,7 @@ class Dispatcher:
         if self.policy.needs_confirm(ident):
             await self._confirm(ctx, ident, req, destination)
         key = store.local_key(ident.blob)
-        if key is not None:
+        if key is not None and getattr(key, "sign_inline", True):
             # Software key: tens of microseconds, signed inline (no queue, no thread hop).
             try:
                 signature: bytes = key.sign(req.data, req.flags)
@@ -298,18 +305,28 @@ class Dispatcher:
                 raise _with_fp(Outcome("sign_error", str(exc)), ident) from None
             self.metrics.on_queue_wait(0)
         else:
-            signature = await self._sign_slow(store, ident, req)
+            signature = await self._sign_slow(store, ident, req, key)
         self.metrics.on_sign(store.name)
         return protocol.encode_sign_response(signature)
 
     async def _sign_slow(
-        self, store: KeyStore, ident: Identity, req: protocol.SignRequest
+        self, store: KeyStore, ident: Identity, req: protocol.SignRequest, key: Any = None
     ) -> bytes:
         queued = time.perf_counter_ns()
+        # A store that bounds its own concurrency (an upstream agent that may hang) must
+        # not hold the global max_signers slots, or it starves token signs.
+        slots: AbstractAsyncContextManager[Any] = (
+            self.limits.signers if store.shares_signer_slots else nullcontext()
+        )
         with anyio.move_on_after(self.limits.sign_timeout_s) as scope:
-            async with self.limits.signers:
+            async with slots:
                 self.metrics.on_queue_wait(time.perf_counter_ns() - queued)
                 try:
+                    if key is not None:  # big in-memory key: sign off the event loop
+                        signature: bytes = await anyio.to_thread.run_sync(
+                            key.sign, req.data, req.flags, limiter=self.limits.sign_threads
+                        )
+                        return signature
                     return await store.sign(ident.blob, req.data, req.flags)
                 except StoreError as exc:
                     raise _with_fp(Outcome("sign_error", str(exc)), ident) from None
@@ -357,9 +374,14 @@ class Dispatcher:
         if c.maxsign is not None:
             raise Outcome("unsupported", "maxsign constraint (XMSS) is not supported")
         try:
-            # RSA key checks take ~0.1 s (3072 bits): never on the event loop.
+            # Cheap checks only (no primality tests, RSA capped at 16384 bits), but a
+            # certificate's CA signature check releases the GIL: run it off the loop.
             key = await anyio.to_thread.run_sync(
-                key_from_wire, req.key.key_type, req.key.fields, req.comment
+                key_from_wire,
+                req.key.key_type,
+                req.key.fields,
+                req.comment,
+                limiter=self.limits.check_threads,
             )
         except KeyLoadError as exc:
             raise Outcome("bad_key", str(exc)) from None
@@ -511,17 +533,27 @@ class Dispatcher:
                 QUERY_EXTENSION, protocol.encode_query_reply(SUPPORTED_EXTENSIONS)
             )
         if req.name == SESSION_BIND_EXTENSION:
-            return self._session_bind(ctx, req)
+            return await self._session_bind(ctx, req)
         if req.name == HEALTH_EXTENSION:
             return _extension_reply(HEALTH_EXTENSION, await self._health_json(ctx))
         raise Outcome("ext_failure", f"unsupported extension {req.name[:64]!r}")
 
-    def _session_bind(self, ctx: ConnectionContext, req: protocol.Extension) -> bytes:
+    async def _session_bind(self, ctx: ConnectionContext, req: protocol.Extension) -> bytes:
         try:
             bind = protocol.parse_session_bind(req.contents)
         except protocol.ProtocolError as exc:
             raise Outcome("bad_request", str(exc)) from None
-        if not verify_signature(bind.host_key, bind.session_id, bind.signature):
+        # Host keys are capped as OpenSSH caps them (RSA 1024-16384 bits); the
+        # verification itself (up to ~10 ms for a hostile RSA key) releases the GIL,
+        # so bursts of binds run in worker threads, not on the event loop.
+        verified = await anyio.to_thread.run_sync(
+            verify_signature,
+            bind.host_key,
+            bind.session_id,
+            bind.signature,
+            limiter=self.limits.check_threads,
+        )
+        if not verified:
             raise Outcome("bind_invalid", "session-bind signature does not verify")
         for existing in ctx.bindings:
             if existing.session_id == bind.session_id:

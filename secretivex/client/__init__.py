@@ -9,6 +9,7 @@ from __future__ import annotations
 from ._common import HEALTH_EXTENSION, AgentIdentity
 from .aio import AgentClient
 from .errors import (
+    AgentConnectionClosed,
     AgentError,
     AgentExtensionUnsupported,
     AgentFailure,
@@ -22,6 +23,7 @@ from .sync import SyncAgentClient
 __all__ = [
     "HEALTH_EXTENSION",
     "AgentClient",
+    "AgentConnectionClosed",
     "AgentError",
     "AgentExtensionUnsupported",
     "AgentFailure",

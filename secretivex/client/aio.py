@@ -40,6 +40,7 @@ from ._common import (
     signature_of,
 )
 from .errors import (
+    AgentConnectionClosed,
     AgentExtensionUnsupported,
     AgentProtocolError,
     AgentTimeout,
@@ -147,7 +148,7 @@ class AgentClient:
                 ) from None
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError) as exc:
                 await self.aclose()
-                raise AgentProtocolError(
+                raise AgentConnectionClosed(
                     f"the agent at {self.path} closed the connection"
                     + (f" ({exc})" if str(exc) else "")
                 ) from None

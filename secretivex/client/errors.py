@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "AgentConnectionClosed",
     "AgentError",
     "AgentExtensionUnsupported",
     "AgentFailure",
@@ -26,6 +27,14 @@ class AgentTimeout(AgentError):
 
 class AgentProtocolError(AgentError):
     """The agent answered something malformed or unexpected, or hung up mid-request."""
+
+
+class AgentConnectionClosed(AgentProtocolError):
+    """The agent hung up (or the connection was already broken) before answering.
+
+    Unlike a timeout, nothing is left pending: a caller may retry once on a new
+    connection (a pooled connection may have died while idle).
+    """
 
 
 class AgentFailure(AgentError):

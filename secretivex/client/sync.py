@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from types import TracebackType
 from typing import Any
 
@@ -35,7 +36,13 @@ from ._common import (
 )
 from .aio import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, decode_health
 from .aio import parse_response_or_raise as _parse
-from .errors import AgentExtensionUnsupported, AgentProtocolError, AgentTimeout, AgentUnavailable
+from .errors import (
+    AgentConnectionClosed,
+    AgentExtensionUnsupported,
+    AgentProtocolError,
+    AgentTimeout,
+    AgentUnavailable,
+)
 from .paths import resolve_socket_path
 
 __all__ = ["SyncAgentClient"]
@@ -104,12 +111,22 @@ class SyncAgentClient:
     def request_raw(self, payload: bytes) -> bytes:
         if self._closed:
             raise AgentUnavailable(f"connection to {self.path} is closed")
+        limit = _timeout(self.response_timeout)
+        # One deadline for the whole answer: a socket timeout alone restarts with every
+        # byte, so an agent trickling one byte a second would hold us forever.
+        deadline = None if limit is None else time.monotonic() + limit
         try:
+            self._sock.settimeout(limit)
             self._sock.sendall(frame(payload))
             while not self._pending:
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError
+                    self._sock.settimeout(remaining)
                 data = self._sock.recv(65536)
                 if not data:
-                    raise AgentProtocolError(f"the agent at {self.path} closed the connection")
+                    raise AgentConnectionClosed(f"the agent at {self.path} closed the connection")
                 self._pending.extend(self._decoder.feed(data))
         except TimeoutError:
             self.close()
@@ -118,7 +135,7 @@ class SyncAgentClient:
             ) from None
         except OSError as exc:
             self.close()
-            raise AgentProtocolError(
+            raise AgentConnectionClosed(
                 f"the agent at {self.path} closed the connection ({exc})"
             ) from None
         except ProtocolError as exc:

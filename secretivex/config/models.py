@@ -619,7 +619,15 @@ class Pkcs11Store(_Section):
 
 
 class UpstreamStore(_Section):
-    """Another SSH agent whose keys are re-served (filtered by policy and scopes)."""
+    """Another SSH agent whose keys are re-served (filtered by policy and scopes).
+
+    Its key listing is refreshed in the background every refresh_ms and served from
+    memory, so a hung or slow upstream never delays listings or signs of other stores.
+    When a refresh times out or gets garbage, the last good listing keeps being served
+    (client health shows the store degraded, stale, with its age) until it is
+    stale_expiry_ms old; when the upstream's socket is gone or refuses connections, its
+    keys are withdrawn at once.
+    """
 
     type: Literal["upstream"] = Field(description="Store kind.", examples=["upstream"])
     name: StoreName = Field(default="", description=_STORE_NAME_DESCRIPTION, examples=["forwarded"])
@@ -631,6 +639,26 @@ class UpstreamStore(_Section):
         ge=0,
         description="Give up on an upstream request after this long; 0 = no timeout.",
         examples=[2000],
+    )
+    refresh_ms: int = Field(
+        default=1000,
+        ge=100,
+        description="Re-read the upstream's key listing this often, in the background.",
+        examples=[5000],
+    )
+    stale_expiry_ms: int = Field(
+        default=300000,
+        ge=0,
+        description="Keep serving the last good listing of an unresponsive upstream for "
+        "this long after its last successful refresh; 0 = drop it at the first failure.",
+        examples=[60000],
+    )
+    max_signers: int = Field(
+        default=4,
+        ge=1,
+        description="Signs sent to this upstream at once; more wait (within timeout_ms). "
+        "Kept apart from agent.max_signers so a hung upstream never starves other stores.",
+        examples=[8],
     )
 
 

@@ -49,6 +49,9 @@ from secretivex.keys.signatures import (
 from secretivex.stores.base import SignError, fingerprint_sha256
 
 _Signer = Callable[[bytes, int], bytes]
+
+#: RSA-4096 signs in ~3 ms here; bigger moduli take up to seconds (16384 bits).
+INLINE_SIGN_MAX_RSA_BITS = 4096
 WireFields = tuple[bytes | int, ...]
 
 
@@ -76,6 +79,7 @@ class SoftwareKey:
         "plain_key_type",
         "plain_public_blob",
         "public_blob",
+        "sign_inline",
     )
 
     def __init__(
@@ -89,6 +93,11 @@ class SoftwareKey:
         self.plain_key_type = blob_key_type(self.plain_public_blob)
         self.plain_fingerprint = fingerprint_sha256(self.plain_public_blob)
         self._signer, self.bits = _make_signer(private_key)
+        #: Cheap enough (a few ms at most) to sign on the event loop; else callers
+        #: sign in a worker thread (cryptography releases the GIL while signing).
+        self.sign_inline = not (
+            isinstance(private_key, rsa.RSAPrivateKey) and self.bits > INLINE_SIGN_MAX_RSA_BITS
+        )
         self.certificate: bytes | None = None
         self.public_blob = self.plain_public_blob
         self.key_type = self.plain_key_type
@@ -248,7 +257,12 @@ def key_from_wire(key_type: str, fields: WireFields, comment: str) -> SoftwareKe
             cert = verified_certificate(certificate)
             body = fields[1:]
         private_key = _private_from_fields(plain_key_type(key_type), body, cert)
-        return SoftwareKey(private_key, comment, certificate)
+        key = SoftwareKey(private_key, comment, certificate)
+        if isinstance(private_key, rsa.RSAPrivateKey):
+            # p and q were not tested for primality: if they are not primes, OpenSSL's
+            # CRT self-check fails and it falls back to a full-size exponentiation.
+            key.sign_inline = False
+        return key
     except KeyFormatError as exc:
         raise KeyLoadError(f"{label}: {exc}") from None
     except (ValueError, TypeError, ArithmeticError):
@@ -304,8 +318,7 @@ def _private_from_fields(
         n, e = public_numbers.n, public_numbers.e
         d, iqmp, p, q = (_as_int(v) for v in fields)
     check_rsa_bits(n.bit_length())
-    if p < 3 or q < 3 or p * q != n:
-        raise _Malformed("private key does not match its public key")
+    check_rsa_consistency(n, e, d, iqmp, p, q)
     numbers = rsa.RSAPrivateNumbers(
         p=p,
         q=q,
@@ -315,7 +328,27 @@ def _private_from_fields(
         iqmp=iqmp,
         public_numbers=rsa.RSAPublicNumbers(e, n),
     )
-    return numbers.private_key()  # validates d, iqmp and the primes
+    # cryptography's own validation tests p and q for primality while holding the GIL
+    # (~45 s for 16384 bits, freezing every client): the checks above are what OpenSSH's
+    # agent relies on, and a peer that sends non-primes only hurts its own signatures.
+    return numbers.private_key(unsafe_skip_rsa_key_validation=True)
+
+
+def check_rsa_consistency(n: int, e: int, d: int, iqmp: int, p: int, q: int) -> None:
+    """Cheap RSA private-key checks (a few big-integer products, no primality tests).
+
+    They reject keys whose parts do not belong together (n = p*q, d inverts e modulo
+    p-1 and q-1, iqmp inverts q modulo p) in well under a millisecond at 16384 bits,
+    so an added key is validated without stalling the agent.
+    """
+    if not (3 <= e < n and e & 1):
+        raise _Malformed("invalid RSA public exponent")
+    if not (1 < d < n and 2 < p < n and 2 < q < n and 0 < iqmp < p):
+        raise _Malformed("private key does not match its public key")
+    if p * q != n:
+        raise _Malformed("private key does not match its public key")
+    if (e * d) % (p - 1) != 1 or (e * d) % (q - 1) != 1 or (iqmp * q) % p != 1:
+        raise _Malformed("inconsistent RSA private key")
 
 
 def key_to_wire(key: SoftwareKey) -> tuple[str, WireFields]:

@@ -96,6 +96,9 @@ class KeyStore(abc.ABC):
     """
 
     kind: str = "abstract"
+    #: Slow signs take one of the agent's ``max_signers`` slots. A store that bounds
+    #: its own concurrency (an upstream agent that may hang) sets this False.
+    shares_signer_slots: bool = True
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -32,13 +32,11 @@ class StoreRegistry:
         return tuple((id(s), s.version) for s in self.stores)
 
     async def identities(self) -> tuple[Identity, ...]:
-        """The merged listing; recomputed only when some store's ``version`` moved."""
-        for store in self.stores:
-            if getattr(store, "dynamic", False):
-                try:
-                    await store.identities()  # refreshes; bumps its version on change
-                except Exception as exc:
-                    log.warning("store %s: listing failed: %s", store.name, exc)
+        """The merged listing; recomputed only when some store's ``version`` moved.
+
+        Never waits on I/O: every store answers ``identities`` from memory and refreshes
+        in its ``maintain`` (an upstream agent that hangs must not delay other stores).
+        """
         key = self._versions()
         if key != self._cache_key or self.memory.expiring():
             listing: list[Identity] = []

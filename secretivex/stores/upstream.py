@@ -2,33 +2,50 @@
 
 Its keys pass through secretivex's scopes and policy, which turns secretivex into a
 filtering proxy: "forward only these two keys into this container". The upstream may
-come and go: failures are failure replies, never a crash, and the next request
-reconnects.
+come and go, hang or answer garbage, and none of that may reach other clients:
+
+- the listing is refreshed in the background (``maintain``) and served from memory, so
+  listings and signs of other stores never wait on the upstream;
+- a refresh that times out or gets garbage keeps the last good listing, marked stale in
+  health, until ``stale_expiry_ms`` after the last success; an upstream that is gone
+  (socket missing, connection refused) has its keys withdrawn at once, since none of
+  them could sign;
+- a sign waits at most ``timeout_ms`` (queueing included) and is never retried after it
+  was sent, except once on a fresh connection when a pooled one turns out to be dead;
+- signs take this store's own ``max_signers`` slots, not the agent's.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
-from secretivex.client import AgentClient, AgentError, AgentFailure
+from secretivex.client import (
+    AgentClient,
+    AgentConnectionClosed,
+    AgentError,
+    AgentFailure,
+    AgentTimeout,
+    AgentUnavailable,
+)
 from secretivex.stores.base import Identity, KeyStore, SignError, StoreHealth, StoreState
 
 log = logging.getLogger(__name__)
 
-_POOL_SIZE = 4
+T = TypeVar("T")
 
 
 class UpstreamStore(KeyStore):
     kind = "upstream"
-    #: Listings change behind our back (ssh-add on the upstream): re-read them.
-    dynamic = True
+    #: Signs are bounded by this store's own semaphore (see the module docstring).
+    shares_signer_slots = False
 
     def __init__(
         self,
@@ -36,111 +53,249 @@ class UpstreamStore(KeyStore):
         socket_path: str | os.PathLike[str],
         *,
         timeout_ms: int = 5000,
-        cache_ms: int = 1000,
+        refresh_ms: int = 1000,
+        stale_expiry_ms: int = 300_000,
+        max_signers: int = 4,
     ) -> None:
         super().__init__(name)
         self.socket_path = Path(os.path.expanduser(str(socket_path)))
         self.timeout_s = timeout_ms / 1000 if timeout_ms > 0 else None
-        self.cache_s = cache_ms / 1000
+        self.refresh_s = max(refresh_ms, 1) / 1000
+        self.stale_expiry_s = stale_expiry_ms / 1000
         self._idle: list[AgentClient] = []
-        self._slots = anyio.Semaphore(_POOL_SIZE)
+        self._sign_slots = anyio.Semaphore(max(1, max_signers))
+        self._lister: AgentClient | None = None
         self._listing: tuple[Identity, ...] = ()
-        self._listed_at = -1e9
-        self._refresh_lock = anyio.Lock()
+        self._raw: tuple[tuple[bytes, str], ...] = ()
+        #: monotonic time of the last successful refresh (None: never, or withdrawn).
+        self._good_at: float | None = None
+        self._stale = False
         self._state = StoreState.OK
         self._last_error: str | None = None
+        self._since_ms = int(time.time() * 1000)
+        self._wakeup = anyio.Event()
+        self._closed = False
 
     @classmethod
     def from_config(cls, cfg: Any, *, name: str) -> UpstreamStore:
-        return cls(name, cfg.socket, timeout_ms=cfg.timeout_ms)
+        return cls(
+            name,
+            cfg.socket,
+            timeout_ms=cfg.timeout_ms,
+            refresh_ms=getattr(cfg, "refresh_ms", 1000),
+            stale_expiry_ms=getattr(cfg, "stale_expiry_ms", 300_000),
+            max_signers=getattr(cfg, "max_signers", 4),
+        )
 
-    async def _call(self, method: str, *args: Any) -> Any:
-        """One request on a pooled connection; a broken connection is replaced once."""
-        async with self._slots:
-            for attempt in (1, 2):
-                client = self._idle.pop() if self._idle else None
-                try:
-                    if client is None:
-                        client = await AgentClient.connect(
-                            self.socket_path,
-                            timeout=self.timeout_s,
-                            response_timeout=self.timeout_s,
-                        )
-                    result = await getattr(client, method)(*args)
-                except AgentFailure:
-                    if client is not None:
-                        self._idle.append(client)
-                    raise
-                except AgentError:
-                    if client is not None:
-                        await client.aclose()
-                    if attempt == 2:
-                        raise
+    # -- connections ------------------------------------------------------------------
+
+    async def _connect(self, timeout: float | None) -> AgentClient:
+        """A new connection. A connect that hangs (full backlog of a stopped agent) is a
+        timeout, not ``AgentUnavailable``: the upstream is stuck, not gone."""
+        try:
+            with anyio.fail_after(math.inf if timeout is None else timeout):
+                return await AgentClient.connect(
+                    self.socket_path, timeout=None, response_timeout=timeout
+                )
+        except TimeoutError:
+            raise AgentTimeout(
+                f"the agent at {self.socket_path} did not accept a connection within {timeout:g} s"
+            ) from None
+
+    async def _on_pooled(
+        self,
+        pool: list[AgentClient],
+        deadline: float,
+        call: Callable[[AgentClient], Awaitable[T]],
+    ) -> T:
+        """Run ``call`` on a pooled connection (or a new one) within ``deadline``.
+
+        A pooled connection found dead (hung up while idle) is replaced once; a
+        timeout or garbage is never retried, since the upstream may still be working on
+        the request.
+        """
+        while True:
+            client = pool.pop() if pool else None
+            reused = client is not None
+            remaining = _remaining(deadline)
+            try:
+                if client is None:
+                    client = await self._connect(remaining)
+                client.response_timeout = remaining
+                result = await call(client)
+            except AgentFailure:
+                if client is not None:
+                    pool.append(client)
+                raise
+            except AgentConnectionClosed:
+                if client is not None:
+                    await client.aclose()
+                if reused:
                     continue
-                self._idle.append(client)
-                return result
-        raise AssertionError("unreachable")
+                raise
+            except BaseException:
+                if client is not None:
+                    with anyio.CancelScope(shield=True):
+                        await client.aclose()
+                raise
+            pool.append(client)
+            return result
 
-    def _degrade(self, reason: str) -> None:
+    # -- the background listing ---------------------------------------------------------
+
+    async def open(self) -> None:
+        """First listing before the agent serves (bounded by ``timeout_ms``)."""
+        self._closed = False
+        await self.refresh()
+
+    async def maintain(self) -> None:
+        """Refresh every ``refresh_ms`` (sooner when woken) until ``aclose``."""
+        while not self._closed:
+            with anyio.move_on_after(self.refresh_s):
+                await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            if self._closed:
+                return
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Ask the upstream for its keys once; never raises."""
+        lister: list[AgentClient] = [self._lister] if self._lister is not None else []
+        self._lister = None
+        deadline = _deadline(self.timeout_s)
+        try:
+            keys = await self._on_pooled(lister, deadline, lambda c: c.list_identities())
+        except AgentError as exc:
+            for client in lister:
+                await client.aclose()
+            self._refresh_failed(str(exc), gone=isinstance(exc, AgentUnavailable))
+            return
+        if self._closed:  # closed while this refresh was in flight
+            for client in lister:
+                await client.aclose()
+            return
+        self._lister = lister[0] if lister else None
+        if self._state is StoreState.DEGRADED:
+            log.info("store %s: upstream %s is back", self.name, self.socket_path)
+            self._since_ms = int(time.time() * 1000)
+        self._state, self._last_error, self._stale = StoreState.OK, None, False
+        self._good_at = time.monotonic()
+        raw = tuple((bytes(k.blob), k.comment) for k in keys)
+        if raw != self._raw:  # unchanged (the usual case): no re-hashing every refresh
+            self._raw = raw
+            self._set_listing(
+                tuple(
+                    Identity(blob=blob, comment=comment, store=self.name) for blob, comment in raw
+                )
+            )
+
+    def _refresh_failed(self, reason: str, *, gone: bool) -> None:
         if self._state is not StoreState.DEGRADED or self._last_error != reason:
             log.warning(
                 "store %s: upstream %s unavailable: %s", self.name, self.socket_path, reason
             )
-        self._state = StoreState.DEGRADED
-        self._last_error = reason
-        if self._listing:
-            self._listing = ()
+        if self._state is not StoreState.DEGRADED:
+            self._since_ms = int(time.time() * 1000)
+        self._state, self._last_error = StoreState.DEGRADED, reason
+        age = self._age()
+        if gone or age is None or age >= self.stale_expiry_s:
+            if self._listing:
+                log.warning(
+                    "store %s: withdrawing %d upstream keys (%s)",
+                    self.name,
+                    len(self._listing),
+                    "upstream gone" if gone else "stale listing expired",
+                )
+            self._good_at = None
+            self._stale = False
+            self._set_listing(())
+        else:
+            self._stale = True
+
+    def _set_listing(self, listing: tuple[Identity, ...]) -> None:
+        if not listing:
+            self._raw = ()
+        if listing != self._listing:
+            self._listing = listing
             self._changed()
 
+    def _age(self) -> float | None:
+        return None if self._good_at is None else time.monotonic() - self._good_at
+
+    # -- KeyStore API -----------------------------------------------------------------
+
     async def identities(self) -> Sequence[Identity]:
-        if time.monotonic() - self._listed_at < self.cache_s:
-            return self._listing
-        async with self._refresh_lock:
-            if time.monotonic() - self._listed_at < self.cache_s:
-                return self._listing
-            try:
-                keys = await self._call("list_identities")
-            except AgentError as exc:
-                self._listed_at = time.monotonic()
-                self._degrade(str(exc))
-                return self._listing
-            if self._state is StoreState.DEGRADED:
-                log.info("store %s: upstream %s is back", self.name, self.socket_path)
-            self._state, self._last_error = StoreState.OK, None
-            listing = tuple(Identity(blob=k.blob, comment=k.comment, store=self.name) for k in keys)
-            self._listed_at = time.monotonic()
-            if listing != self._listing:
-                self._listing = listing
-                self._changed()
+        """The last good listing: from memory, never a round trip to the upstream."""
         return self._listing
 
     async def sign(self, blob: bytes, data: bytes, flags: int) -> bytes:
+        deadline = _deadline(self.timeout_s)
         try:
-            signature: bytes = await self._call("sign", blob, data, flags)
+            with anyio.fail_after(_remaining(deadline) or math.inf):
+                await self._sign_slots.acquire()
+        except TimeoutError:
+            raise SignError(
+                f"upstream agent busy: no free slot within {self.timeout_s:g} s"
+            ) from None
+        try:
+            signature: bytes = await self._on_pooled(
+                self._idle, deadline, lambda c: c.sign(blob, data, flags)
+            )
         except AgentFailure:
             raise SignError("upstream agent refused to sign") from None
         except AgentError as exc:
-            self._degrade(str(exc))
+            if isinstance(exc, AgentTimeout | AgentUnavailable):
+                self._wakeup.set()  # let the refresher re-check the upstream now
             raise SignError(f"upstream agent unavailable: {exc}") from None
+        finally:
+            self._sign_slots.release()
         return signature
 
-    async def aclose(self) -> None:
-        idle, self._idle = self._idle, []
-        for client in idle:
+    async def _close_connections(self) -> None:
+        clients, self._idle = self._idle, []
+        if self._lister is not None:
+            clients.append(self._lister)
+            self._lister = None
+        for client in clients:
             await client.aclose()
-        self._listing = ()
-        self._listed_at = -1e9
-        self._changed()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._wakeup.set()
+        await self._close_connections()
+        self._good_at, self._stale = None, False
+        self._set_listing(())
 
     async def reload(self) -> None:
-        await self.aclose()
+        """Config reload: new connections, and a refresh right away; keys stay listed."""
+        await self._close_connections()
+        self._wakeup.set()
 
     def health(self) -> StoreHealth:
+        age = self._age()
         return StoreHealth(
             self.name,
             self.kind,
             self._state,
             len(self._listing),
             self._last_error,
-            detail={"socket": str(self.socket_path)},
+            since_unix_ms=self._since_ms,
+            detail={
+                "socket": str(self.socket_path),
+                "stale": self._stale,
+                "listing_age_ms": None if age is None else int(age * 1000),
+                "refresh_ms": int(self.refresh_s * 1000),
+                "stale_expiry_ms": int(self.stale_expiry_s * 1000),
+            },
         )
+
+
+def _deadline(timeout: float | None) -> float:
+    return math.inf if timeout is None else time.monotonic() + timeout
+
+
+def _remaining(deadline: float) -> float | None:
+    """Seconds left (at least a little), or None for no limit."""
+    if deadline == math.inf:
+        return None
+    return max(0.001, deadline - time.monotonic())

@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -362,8 +362,8 @@ def test_upstream_proxy_filters_keys(
         # The upstream dies: failure replies and empty listing, never a crash; it comes back.
         upstream_proc.terminate()
         upstream_proc.wait(10)
-        time.sleep(1.1)
-        assert _fps(agent.env, agent.socket) == set()
+        # The listing is refreshed in the background (refresh_ms, default 1 s).
+        _eventually(lambda: _fps(agent.env, agent.socket) == set())
         assert agent.proc.poll() is None
         restarted = subprocess.Popen(
             ["ssh-agent", "-D", "-a", str(upstream)],
@@ -376,13 +376,20 @@ def test_upstream_proxy_filters_keys(
                 ["ssh-add", "-q", str(keys / "ci_deploy")],
                 env=dict(os.environ, SSH_AUTH_SOCK=str(upstream)),
             )
-            time.sleep(1.1)
-            assert _fps(agent.env, container_sock) == {fingerprint_of(keys / "ci_deploy.pub")}
+            want = {fingerprint_of(keys / "ci_deploy.pub")}
+            _eventually(lambda: _fps(agent.env, container_sock) == want)
         finally:
             restarted.terminate()
             restarted.wait(10)
     outcomes = {r["outcome"] for r in _audit(audit) if r["request"] == "sign"}
     assert {"ok", "scope_denied", "timeout"} <= outcomes
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
 
 
 def test_max_connections_closes_extra_connections(tmp_path: Path, keys: Path) -> None:
