@@ -26,6 +26,7 @@ from secretivex.agent.listeners import (
     resolve_uid,
     unlink_socket,
 )
+from secretivex.agent.systemd import take_inherited
 from secretivex.config.matchers import parse_matcher
 from secretivex.metrics import MetricsRecorder, run_metrics_writer
 from secretivex.policy.engine import Policy
@@ -269,9 +270,9 @@ class Agent:
     # -- listeners --------------------------------------------------------------------
 
     async def _start_listener(self, spec: ListenerSpec) -> None:
-        inherited = self._inherited.pop(spec.name, None) or self._inherited.pop(
-            str(spec.path), None
-        )
+        inherited = take_inherited(self._inherited, spec.name, str(spec.path))
+        if inherited is not None:
+            spec.adopt_socket_file()
         try:
             sock = (
                 inherited
