@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import grp
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,7 +108,8 @@ def test_unknown_names_are_config_errors_with_their_line(tmp_path: Path) -> None
         "      uids: [no-such-user-sx]\n"
         "      gids: [no-such-group-sx]\n"
     )
-    proc = run(["secretivex", "config", "validate", str(config)], check=False)
+    cli = str(Path(sys.executable).with_name("secretivex"))
+    proc = run([cli, "config", "validate", str(config)], check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     out = proc.stdout + proc.stderr
     assert f"{config}:4: listeners[0].peers.uids[0]: no user named 'no-such-user-sx'" in out
