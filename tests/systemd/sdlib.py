@@ -149,6 +149,10 @@ def boot(image: str = IMAGE) -> Host:
             if time.monotonic() > deadline:
                 raise AssertionError(f"systemd did not come up: {state.stdout}{state.stderr}")
             time.sleep(0.2)
+        # On a host, every mount is shared (systemd makes them so at boot); Docker's
+        # /run tmpfs is private, and then the credentials systemd stages in a child
+        # mount namespace never reach the service (LoadCredential= files missing).
+        host.sh("mount --make-rshared /")
     except BaseException:
         stop(host)
         raise

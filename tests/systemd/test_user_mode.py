@@ -34,7 +34,9 @@ def sock(user: str) -> str:
 
 
 def ssh_add_l(host: Host, user: str, timeout: float = 30) -> tuple[int, str]:
-    proc = host.user_sh(user, f"SSH_AUTH_SOCK={sock(user)} ssh-add -l", check=False, timeout=timeout)
+    proc = host.user_sh(
+        user, f"SSH_AUTH_SOCK={sock(user)} ssh-add -l", check=False, timeout=timeout
+    )
     return proc.returncode, proc.stdout + proc.stderr
 
 
