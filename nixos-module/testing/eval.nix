@@ -19,7 +19,8 @@ let
     modules = [
       ./nixos-stub.nix
       ../default.nix
-      { _file = "scenario"; config = { services.secretivex = s.secretivex or { }; } // (s.world or { }); }
+      { _file = "scenario"; config.services.secretivex = s.secretivex or { }; }
+      { _file = "world"; config = s.world or { }; }
     ];
     specialArgs = { inherit pkgs; stubBare = stubBare == "true"; };
   };

@@ -36,7 +36,7 @@ let
     {
       inherit (e) undeclared;
       failedAssertions = map (a: a.message) (b.filter (a: !a.assertion) c.assertions);
-      settings = c.services.secretivex.settings;
+      settings = c.environment.etc."secretivex/config.yaml".source.settings;
       mode = c.services.secretivex.mode;
       package = toString c.services.secretivex.package;
       userSockets = b.attrNames c.systemd.user.sockets;
