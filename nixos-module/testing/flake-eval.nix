@@ -19,6 +19,8 @@ let
     installCheckPhase = p.installCheckPhase or null;
     pythonImportsCheck = p.pythonImportsCheck or [ ];
     disabledTestPaths = p.disabledTestPaths or [ ];
+    enabledTestPaths = p.enabledTestPaths or [ ];
+    pytestFlagsArray = p.pytestFlagsArray or null;
     mainProgram = p.meta.mainProgram;
     platforms = p.meta.platforms;
   };
@@ -67,7 +69,7 @@ in
     "tests/unit/test_systemd.py"
     ".venv/bin/python"
     ".git/config"
-    "secretivex/__pycache__"
+    "secretivex/__pycache__/systemd.cpython-311.pyc"
     "secretivex.egg-info"
     "result"
     "flake.nix"
