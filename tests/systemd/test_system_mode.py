@@ -73,9 +73,8 @@ def install(host: Host, flavour: str) -> None:
     # users.users.secretivex / users.groups.secretivex, as NixOS creates them
     account = out["users"]["users"]["secretivex"]
     assert account["isSystemUser"] and account["group"] == "secretivex"
-    host.sh(
-        f"groupadd --system secretivex && useradd --system -g secretivex -d {account['home']} secretivex"
-    )
+    home = account["home"]
+    host.sh(f"groupadd --system secretivex && useradd --system -g secretivex -d {home} secretivex")
     system = out["systemd"]
     sockets = install_nixos_units(host, system["sockets"], "/etc/systemd/system", "socket")
     install_nixos_units(host, system["services"], "/etc/systemd/system", "service")
@@ -108,10 +107,13 @@ def host(request: pytest.FixtureRequest, systemd_image: str) -> Iterator[Host]:
         host.sh(
             """set -e
             usermod -aG secretivex alice
-            install -d -o secretivex -g secretivex -m 0700 /var/lib/secretivex /var/lib/secretivex/keys
+            install -d -o secretivex -g secretivex -m 0700 \
+                /var/lib/secretivex /var/lib/secretivex/keys
             cd /var/lib/secretivex/keys
-            runuser -u secretivex -- ssh-keygen -q -t ed25519 -N 'correct horse' -C team-key -f team_ed25519
-            runuser -u secretivex -- ssh-keygen -q -t ed25519 -N 'correct horse' -C slow-key -f slow_ed25519"""
+            for name in team slow; do
+                runuser -u secretivex -- ssh-keygen -q -t ed25519 -N 'correct horse' \
+                    -C $name-key -f ${name}_ed25519
+            done"""
         )
         yield host
     finally:

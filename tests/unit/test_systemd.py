@@ -582,3 +582,24 @@ def test_reload_right_after_ready_is_safe(short_tmp: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
             proc.communicate(timeout=10)
+
+
+def test_take_inherited_matches_by_name_then_by_bound_path(tmp_path: Path) -> None:
+    """FileDescriptorName= is only a label: a socket named anything (here by index) is
+    found by the path it is bound to, and each socket is handed out once."""
+    path = tmp_path / "a:b.sock"  # a ':' cannot be in an fd name
+    by_path = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    by_name = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        by_path.bind(str(path))
+        by_name.bind(str(tmp_path / "named.sock"))
+        other.bind(str(tmp_path / "other.sock"))
+        inherited = {"listener-7": by_path, "team": by_name, "x": other}
+        assert systemd.take_inherited(inherited, "team", "/nowhere") is by_name
+        assert systemd.take_inherited(inherited, "listener-0", str(path)) is by_path
+        assert systemd.take_inherited(inherited, "listener-0", str(path)) is None
+        assert inherited == {"x": other}
+    finally:
+        for s in (by_path, by_name, other):
+            s.close()
