@@ -54,6 +54,8 @@ class Host:
     """One booted container; commands run through ``docker exec``."""
 
     container: DockerContainer
+    #: which units the test module installed: "packaged" or "nixos"
+    flavour: str = "packaged"
 
     def sh(
         self,

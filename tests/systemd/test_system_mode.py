@@ -96,7 +96,7 @@ def nix_config(settings: dict[str, Any]) -> dict[str, Any]:
 def host(request: pytest.FixtureRequest, systemd_image: str) -> Iterator[Host]:
     flavour: str = request.param
     host = boot(systemd_image)
-    host.flavour = flavour  # type: ignore[attr-defined]
+    host.flavour = flavour
     try:
         host.sh(
             f"""set -e
@@ -219,7 +219,7 @@ def test_credential_unlocks_the_key_and_the_sandbox_holds(host: Host) -> None:
 
 
 def _reconfigure(host: Host, settings: dict[str, Any]) -> None:
-    if host.flavour == "packaged":  # type: ignore[attr-defined]
+    if host.flavour == "packaged":
         host.put("/etc/secretivex/config.yaml", yaml_of(settings))
     else:  # what nixos-rebuild switch does: a new rendered file, then a reload
         out = nix_evaluate(nix_config(settings))
