@@ -11,6 +11,7 @@ tests.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -133,6 +134,7 @@ EXPECTED_OWNERS = {
 
 
 def test_group_members_served_before_and_after_activation(host: Host) -> None:
+    host.sh("systemctl stop secretivex.service")  # whatever ran before: back to sockets only
     assert host.show("secretivex.service", "ActiveState")["ActiveState"] == "inactive"
     assert owners(host) == EXPECTED_OWNERS
 
@@ -284,3 +286,40 @@ def test_stop_drains_in_flight_requests(host: Host) -> None:
     code, listing = ssh_add_l(host, "carol", TEAM)
     assert code == 0 and "team-key" in listing, listing
     assert owners(host) == EXPECTED_OWNERS
+
+
+def socket_units(host: Host) -> list[str]:
+    out = host.sh("systemctl list-units --all --plain --no-legend 'secretivex*.socket'").stdout
+    units = [line.split()[0] for line in out.splitlines()]
+    assert len(units) == 2, units  # the main socket and the team listener
+    return units
+
+
+def test_an_invalid_config_never_loops_and_never_leaves_a_client_hanging(host: Host) -> None:
+    host.sh("systemctl stop secretivex.service")
+    good = host.sh("cat /etc/secretivex/config.yaml").stdout
+    host.put("/etc/secretivex/config.yaml", "agent:\n  max_connections: 0\n")
+    try:
+        started = time.monotonic()
+        code, output = ssh_add_l(host, "carol", TEAM)
+        elapsed = time.monotonic() - started
+        assert code != 0 and elapsed < 10, (elapsed, output)
+        service = host.show("secretivex.service", "Result", "NRestarts", "ExecMainStatus")
+        # exit 2 (config error) is not restarted; the socket re-triggers it at most
+        # until the start limit, then gives up
+        assert service["ExecMainStatus"] == "2" and service["NRestarts"] == "0", service
+        for unit in socket_units(host):
+            state = host.show(unit, "ActiveState", "Result")
+            assert state == {"ActiveState": "failed", "Result": "service-start-limit-hit"}, (
+                unit,
+                state,
+            )
+        journal = host.journal("-u secretivex.service")
+        assert "agent.max_connections" in journal  # the reason, with the key, in the journal
+    finally:
+        host.put("/etc/secretivex/config.yaml", good)
+        host.sh("systemctl reset-failed secretivex.service")
+        sockets = socket_units(host)
+        host.sh(f"systemctl reset-failed {' '.join(sockets)}; systemctl start {' '.join(sockets)}")
+    code, listing = ssh_add_l(host, "carol", TEAM)
+    assert code == 0 and "team-key" in listing, listing

@@ -101,6 +101,7 @@ def host(request: pytest.FixtureRequest, systemd_image: str) -> Iterator[Host]:
 
 
 def test_socket_activation_serves_home_keys(host: Host) -> None:
+    host.user_sh("alice", "systemctl --user stop secretivex.service")
     # nothing runs until the first client connects
     assert host.show("secretivex.socket", "ActiveState", user="alice")["ActiveState"] == "active"
     before = host.show("secretivex.service", "ActiveState", user="alice")
