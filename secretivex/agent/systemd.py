@@ -199,16 +199,18 @@ def take_inherited(
 ) -> socket.socket | None:
     """Remove and return the inherited socket for the listener ``name`` at ``path``.
 
-    Matched by fd name (the listener's name, or its path), then by the path the
-    socket is actually bound to, so ``FileDescriptorName=`` may be any label: paths
-    with a ``:`` or longer than systemd's 255-character fd names work too.
+    Matched by the path the socket is actually bound to first, so
+    ``FileDescriptorName=`` may be any label (paths with a ``:`` or longer than
+    systemd's 255-character fd names work too, and a label that names another
+    listener cannot swap two sockets); then by fd name (the listener's name or path),
+    for sockets whose path cannot be read.
     """
-    for key in (name, path):
-        sock = inherited.pop(key, None)
-        if sock is not None:
-            return sock
     for key, sock in list(inherited.items()):
         if socket_path(sock) == path:
+            return inherited.pop(key)
+    for key in (name, path):
+        candidate = inherited.get(key)
+        if candidate is not None and socket_path(candidate) in (None, path):
             return inherited.pop(key)
     return None
 
