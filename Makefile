@@ -88,7 +88,7 @@ gen: $(STAMP)
 	$(BIN)/python ci/gen-config-docs.py
 
 image-clean:
-	-docker image rm secretivex:dev secretivex:softhsm secretivex-build:cache secretivex-base:bookworm
+	-docker image rm secretivex:dev secretivex:softhsm secretivex-systemd:dev secretivex-build:cache secretivex-base:bookworm
 
 docker-stop:
 	bash ci/docker-engine.sh stop

@@ -25,7 +25,7 @@ from secretivex.config.docs import update_document  # noqa: E402
 from secretivex.config.schema import render_schema  # noqa: E402
 
 def _unit(name: str) -> str:
-    return (ROOT / "packaging" / "systemd" / name).read_text(encoding="utf-8")
+    return (ROOT / "packaging" / "systemd" / "user" / name).read_text(encoding="utf-8")
 
 
 TARGETS: dict[Path, Callable[[str], str]] = {

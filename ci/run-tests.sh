@@ -17,6 +17,10 @@ if [[ "${SECRETIVEX_SKIP_CONTAINERS:-0}" != 1 ]]; then
   fi
   if [[ -f ci/build-image.sh ]] && docker info >/dev/null 2>&1; then
     bash ci/build-image.sh
+    # tests/systemd boots this one (systemd as PID 1, the agent from the image above)
+    if [[ -f ci/build-systemd-image.sh ]]; then
+      bash ci/build-systemd-image.sh
+    fi
   fi
 fi
 

@@ -4,19 +4,23 @@
 #                    SSH_AUTH_SOCK points at $XDG_RUNTIME_DIR/secretivex/agent.sock.
 #   mode = "system"  one shared-host agent under the `secretivex` user; its sockets live
 #                    in /run/secretivex (main socket: group `secretivex`, mode 0660) and
-#                    every `settings.listeners` entry gets its own socket unit.
+#                    every `settings.listeners` entry gets its own socket unit. The
+#                    socket units create that directory (root, 0755) and the service has
+#                    no RuntimeDirectory=: with User=, systemd re-owns a runtime
+#                    directory and all in it when the service starts (systemd#8635),
+#                    which would take each listener socket's group away.
 #
 # `settings` is the agent's YAML config (RFC 42), rendered to /etc/secretivex/config.yaml
 # and checked at build time with `secretivex config validate --no-path-checks`: a
 # setting the agent would reject fails the build with the validator's message.
 # See docs/nixos.md.
-{ config, lib, pkgs, ... }:
+{ config, options, lib, pkgs, ... }:
 
 let
   inherit (lib)
-    mkEnableOption mkIf mkMerge mkOption mkDefault mkPackageOption types literalExpression
+    mkEnableOption mkIf mkMerge mkOption mkDefault types literalExpression literalMD
     any attrNames concatStringsSep hasPrefix listToAttrs mapAttrsToList optional
-    optionalAttrs;
+    optionalAttrs imap0 unique filter;
 
   cfg = config.services.secretivex;
   settingsFormat = pkgs.formats.yaml { };
@@ -25,41 +29,77 @@ let
   isSystem = cfg.mode == "system";
 
   userSocket = "%t/secretivex/agent.sock"; # %t = $XDG_RUNTIME_DIR in user units
-  systemSocket = cfg.settings.agent.socket or "/run/secretivex/agent.sock";
+  systemSocket =
+    if cfg.settings.agent.socket != null then cfg.settings.agent.socket else "/run/secretivex/agent.sock";
+
+  # pkcs11Modules and the user's own allowlist, merged the same way whatever the
+  # order of the modules that define them: sorted, without duplicates.
+  pkcs11Allowlist = builtins.sort builtins.lessThan (
+    unique (cfg.pkcs11Modules ++ cfg.settings.agent.pkcs11_allowlist)
+  );
+
+  # what /etc/secretivex/config.yaml holds: the settings with the keys the module owns
+  renderedSettings = cfg.settings // {
+    agent =
+      builtins.removeAttrs cfg.settings.agent [ "socket" ]
+      // { pkcs11_allowlist = pkcs11Allowlist; }
+      // optionalAttrs isSystem { socket = systemSocket; };
+  };
 
   configFile = import ./validate-config.nix { inherit pkgs; } {
-    inherit (cfg) package settings;
+    inherit (cfg) package;
+    settings = renderedSettings;
   };
 
   # PKCS#11 in use: tokens may need /dev/bus/usb or /dev/hidraw*, so no PrivateDevices.
   usesPkcs11 =
-    cfg.pkcs11Modules != [ ]
+    pkcs11Allowlist != [ ]
     || any (store: (store.type or null) == "pkcs11") (cfg.settings.stores or [ ]);
 
-  # system mode: one socket unit per configured listener, named after its path.
+  # system mode: one socket unit per configured listener, named after its path. The
+  # fd is named by index: a path may hold ':' or be longer than the 255 characters
+  # systemd allows in FileDescriptorName= (the agent matches inherited sockets by
+  # the path they are bound to anyway).
   listeners = if isSystem then cfg.settings.listeners or [ ] else [ ];
   listenerUnit =
     l: "secretivex-listener-${builtins.substring 0 12 (builtins.hashString "sha256" l.socket)}";
   socketUnits = [ "secretivex.socket" ] ++ map (l: "${listenerUnit l}.socket") listeners;
 
+  # Other agents that export SSH_AUTH_SOCK for login sessions (options that this
+  # nixpkgs may not have are skipped).
+  otherAgents =
+    [
+      { name = "programs.ssh.startAgent"; enabled = config.programs.ssh.startAgent; }
+      {
+        name = "programs.gnupg.agent.enableSSHSupport";
+        enabled = config.programs.gnupg.agent.enableSSHSupport;
+      }
+    ]
+    ++ optional (options ? services.gnome.gcr-ssh-agent.enable) {
+      name = "services.gnome.gcr-ssh-agent.enable";
+      enabled = config.services.gnome.gcr-ssh-agent.enable;
+    }
+    ++ optional (options ? services.yubikey-agent.enable) {
+      name = "services.yubikey-agent.enable";
+      enabled = config.services.yubikey-agent.enable;
+    }
+    ++ optional (options ? services.ssh-tpm-agent.enable) {
+      name = "services.ssh-tpm-agent.enable";
+      enabled = config.services.ssh-tpm-agent.enable;
+    };
+
+  # user mode: the mount sandbox needs a user namespace (PrivateUsers=); without one
+  # the unit could not start (status 218/CAPABILITIES), so it is left out there.
+  userNamespaces = config.security.allowUserNamespaces or true;
+
   credentialName = "^[A-Za-z0-9_][A-Za-z0-9_.@-]*$";
 
   kill = "${pkgs.coreutils}/bin/kill";
 
-  # Shared by both modes. Each line is explained in docs/nixos.md ("Hardening").
+  # Shared by both modes: seccomp and no_new_privs, which need no namespaces.
+  # Each line is explained in docs/nixos.md ("Hardening").
   hardening = {
     NoNewPrivileges = true;
-    CapabilityBoundingSet = "";
-    AmbientCapabilities = "";
-    ProtectSystem = "strict";
-    PrivateTmp = true;
-    PrivateDevices = !usesPkcs11;
-    ProtectKernelTunables = true;
-    ProtectKernelModules = true;
-    ProtectKernelLogs = true;
-    ProtectControlGroups = true;
-    ProtectClock = true;
-    ProtectHostname = true;
     RestrictAddressFamilies = "AF_UNIX";
     RestrictNamespaces = true;
     RestrictRealtime = true;
@@ -74,27 +114,57 @@ let
     UMask = "0177";
   };
 
+  # The mount/capability sandbox: always in system mode; in user mode only where user
+  # namespaces are allowed, with PrivateUsers= said out loud (systemd otherwise skips
+  # ProtectSystem=/ProtectHome= in user units and fails the capability drops).
+  sandbox = {
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    ProtectSystem = "strict";
+    PrivateTmp = true;
+    PrivateDevices = !usesPkcs11;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+  };
+
   serviceBase = {
     Type = "notify";
     NotifyAccess = "main";
     ExecReload = "${kill} -HUP $MAINPID";
     Restart = "on-failure";
-    RestartSec = "2s";
+    RestartSec = "1s";
+    # exit 2 = invalid config: retrying cannot fix it
+    RestartPreventExitStatus = "2";
+    TimeoutStartSec = "30s";
     TimeoutStopSec = "15s";
-    RuntimeDirectory = "secretivex";
-    # the socket units own the sockets in there: keep the directory across restarts
-    RuntimeDirectoryPreserve = "yes";
+    # SIGTERM to the agent only: it drains in-flight requests (and confirm hooks)
+    KillMode = "mixed";
   }
   // optionalAttrs (cfg.environmentFile != null) { EnvironmentFile = cfg.environmentFile; }
   // hardening;
+
+  # A unit that cannot start gives up (and its socket with it) instead of leaving
+  # clients waiting while it restarts forever.
+  startLimit = {
+    StartLimitIntervalSec = "60s";
+    StartLimitBurst = 3;
+  };
 in
 {
   options.services.secretivex = {
     enable = mkEnableOption "secretivex, an SSH agent serving keys from files, PKCS#11 tokens and other agents";
 
-    package = mkPackageOption pkgs "secretivex" { } // {
-      # works with or without the flake's overlay
+    package = mkOption {
+      type = types.package;
       default = pkgs.secretivex or (pkgs.python3Packages.callPackage ./package.nix { });
+      defaultText = literalMD ''
+        `pkgs.secretivex` when the flake's overlay is applied, else the package built
+        from this module's own source (`python3Packages.callPackage ./package.nix { }`)
+      '';
+      description = "The secretivex package to use.";
     };
 
     mode = mkOption {
@@ -110,7 +180,32 @@ in
     };
 
     settings = mkOption {
-      type = settingsFormat.type;
+      type = types.submodule {
+        freeformType = settingsFormat.type;
+        options.agent = mkOption {
+          default = { };
+          description = "The `agent` section; the module sets `socket` and `pkcs11_allowlist`.";
+          type = types.submodule {
+            freeformType = settingsFormat.type;
+            options.socket = mkOption {
+              type = types.nullOr (types.strMatching "/.+");
+              default = null;
+              description = ''
+                system mode: the main socket (default `/run/secretivex/agent.sock`).
+                Ignored in user mode, where it is `$XDG_RUNTIME_DIR/secretivex/agent.sock`.
+              '';
+            };
+            options.pkcs11_allowlist = mkOption {
+              type = types.listOf types.str;
+              default = [ ];
+              description = ''
+                PKCS#11 modules `ssh-add -s` may load, merged with `pkcs11Modules`
+                (sorted, duplicates removed).
+              '';
+            };
+          };
+        };
+      };
       default = { };
       example = literalExpression ''
         {
@@ -180,15 +275,12 @@ in
 
   config = mkIf cfg.enable (mkMerge [
     {
-      assertions = [
-        {
-          assertion = !(isUser && config.programs.ssh.startAgent);
-          message = "services.secretivex (mode = \"user\") and programs.ssh.startAgent both provide SSH_AUTH_SOCK; disable one of them.";
-        }
-        {
-          assertion = !(isUser && config.programs.gnupg.agent.enableSSHSupport);
-          message = "services.secretivex (mode = \"user\") and programs.gnupg.agent.enableSSHSupport both provide SSH_AUTH_SOCK; disable one of them.";
-        }
+      assertions =
+        map (agent: {
+          assertion = !(isUser && agent.enabled);
+          message = "services.secretivex (mode = \"user\") and ${agent.name} both provide SSH_AUTH_SOCK; disable one of them.";
+        }) otherAgents
+        ++ [
         {
           assertion = isSystem || cfg.credentials == { };
           message = "services.secretivex.credentials needs mode = \"system\"; in user mode use environmentFile or a per-user pin_file.";
@@ -203,14 +295,17 @@ in
         }
       ];
 
-      warnings = optional (isUser && (cfg.settings.agent or { }) ? socket)
+      warnings = optional (isUser && cfg.settings.agent.socket != null)
         "services.secretivex.settings.agent.socket is ignored in user mode: the socket is always $XDG_RUNTIME_DIR/secretivex/agent.sock.";
-
-      services.secretivex.settings.agent.pkcs11_allowlist = cfg.pkcs11Modules;
 
       environment.etc."secretivex/config.yaml".source = configFile;
       environment.systemPackages = [ cfg.package ];
     }
+
+    # smart cards and USB tokens behind a PKCS#11 module talk to pcscd
+    (optionalAttrs (options ? services.pcscd.enable) {
+      services.pcscd.enable = mkIf usesPkcs11 (mkDefault true);
+    })
 
     (mkIf isUser {
       systemd.user.sockets.secretivex = {
@@ -230,14 +325,27 @@ in
         description = "secretivex SSH agent";
         requires = [ "secretivex.socket" ];
         after = [ "secretivex.socket" ];
-        unitConfig.ConditionUser = "!@system";
-        serviceConfig = serviceBase // {
-          ExecStart = "${cfg.package}/bin/secretivex agent --socket ${userSocket}";
-          RuntimeDirectoryMode = "0700";
-          # keys under ~ (e.g. ~/.ssh) are read, never written; ssh-add keys live in memory
-          ProtectHome = "read-only";
-        };
+        unitConfig = { ConditionUser = "!@system"; } // startLimit;
+        serviceConfig =
+          serviceBase
+          // {
+            ExecStart = "${cfg.package}/bin/secretivex agent --socket ${userSocket}";
+          }
+          // optionalAttrs userNamespaces (
+            sandbox
+            // {
+              PrivateUsers = true;
+              # keys under ~ (e.g. ~/.ssh) are read, never written; ssh-add keys live in memory
+              ProtectHome = "read-only";
+            }
+          );
       };
+
+      # `nixos-rebuild switch` restarts no user units: reload (SIGHUP) running agents so
+      # a new /etc/secretivex/config.yaml takes effect, as the system service does.
+      system.userActivationScripts.secretivex-reload = ''
+        ${pkgs.systemd}/bin/systemctl --user try-reload-or-restart secretivex.service || true
+      '';
 
       environment.extraInit = mkIf cfg.setSshAuthSock ''
         if [ -z "''${SSH_AUTH_SOCK-}" ] && [ -n "''${XDG_RUNTIME_DIR-}" ]; then
@@ -247,8 +355,6 @@ in
     })
 
     (mkIf isSystem {
-      services.secretivex.settings.agent.socket = mkDefault "/run/secretivex/agent.sock";
-
       users.users.secretivex = {
         isSystemUser = true;
         group = "secretivex";
@@ -272,15 +378,15 @@ in
           };
         };
       }
-      // listToAttrs (map (l: {
+      // listToAttrs (imap0 (i: l: {
         name = listenerUnit l;
         value = {
           description = "secretivex listener ${l.socket}";
           wantedBy = [ "sockets.target" ];
           listenStreams = [ l.socket ];
           socketConfig = {
-            # the agent maps an inherited fd to the listener whose socket path it names
-            FileDescriptorName = l.socket;
+            # a label only: the agent matches inherited sockets by their path
+            FileDescriptorName = "listener-${toString i}";
             SocketUser = toString (if (l.owner or null) == null then "secretivex" else l.owner);
             SocketGroup = toString (if (l.group or null) == null then "secretivex" else l.group);
             SocketMode = l.mode or "0600";
@@ -298,16 +404,19 @@ in
         # restarting, so connected clients keep their sessions.
         reloadTriggers = [ configFile ];
         environment.HOME = "/var/lib/secretivex";
-        unitConfig.AssertPathExists = mapAttrsToList (_: path: path) cfg.credentials;
-        serviceConfig = serviceBase // {
+        unitConfig = {
+          AssertPathExists = mapAttrsToList (_: path: path) cfg.credentials;
+        } // startLimit;
+        serviceConfig = serviceBase // sandbox // {
           ExecStart = "${cfg.package}/bin/secretivex agent --socket ${systemSocket}";
           User = "secretivex";
           Group = "secretivex";
           Sockets = socketUnits;
           StateDirectory = "secretivex";
           StateDirectoryMode = "0700";
-          RuntimeDirectoryMode = "0755";
+          # no RuntimeDirectory=: see the top of this file (systemd#8635)
           ProtectHome = true;
+          ProtectControlGroups = true;
           IPAddressDeny = "any";
           LoadCredential = mapAttrsToList (name: path: "${name}:${path}") cfg.credentials;
         }

@@ -31,22 +31,19 @@
 let
   root = ../.;
   pyproject = builtins.fromTOML (builtins.readFile (root + "/pyproject.toml"));
+  fs = lib.fileset;
   # only what the build and the unit tests need: no .venv, .git, caches or results
-  keep = [ "pyproject.toml" "README.md" "LICENSE" "CHANGELOG.md" "secretivex" "tests" "config" ];
-  source = lib.cleanSourceWith {
-    name = "secretivex-source";
-    src = root;
-    filter =
-      path: type:
-      let
-        rel = lib.removePrefix (toString root + "/") (toString path);
-        top = builtins.head (lib.splitString "/" rel);
-        base = baseNameOf (toString path);
-      in
-      builtins.elem top keep
-      && base != "__pycache__"
-      && !(lib.hasSuffix ".pyc" base)
-      && !(lib.hasSuffix ".egg-info" base);
+  source = fs.toSource {
+    inherit root;
+    fileset = fs.difference (fs.unions [
+      (root + "/pyproject.toml")
+      (root + "/README.md")
+      (fs.maybeMissing (root + "/LICENSE"))
+      (root + "/CHANGELOG.md")
+      (root + "/secretivex")
+      (root + "/tests")
+      (root + "/config")
+    ]) (fs.fileFilter (file: file.hasExt "pyc") root);
   };
   runtimeDeps = [
     anyio
@@ -74,7 +71,7 @@ buildPythonApplication {
   # the unit tests; the ones needing OpenSSH tools, SoftHSM, Docker or Nix skip
   # themselves when those are absent, as they are in the build sandbox
   nativeCheckInputs = [ pytestCheckHook pytest-timeout hypothesis paramiko asyncssh ];
-  pytestFlagsArray = [ "tests/unit" ];
+  enabledTestPaths = [ "tests/unit" ];
   # builds a wheel and a venv (slow marker); the Nix build is that check already
   disabledTestPaths = [ "tests/unit/test_release.py" ];
   preCheck = ''

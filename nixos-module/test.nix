@@ -3,10 +3,12 @@
 #   user-mode       client + sshd server: alice logs in to the server over SSH with a key
 #                   that only secretivex holds (socket-activated user service, exported
 #                   SSH_AUTH_SOCK); reload keeps serving; the hardening is in force.
-#   shared-host     one system agent; a team listener (group `team`, 0660, peers.gids):
-#                   a member signs, a non-member cannot connect; the key's passphrase
-#                   comes in as a systemd credential; a missing credential fails the
-#                   unit with the path in its status.
+#   shared-host     one system agent; a team listener (group `team`, 0660, no peers:
+#                   the group decides): a member signs, a non-member cannot connect;
+#                   every socket keeps its owner and group once the service is active
+#                   (no RuntimeDirectory= re-own, systemd#8635) and members connect
+#                   again; the key's passphrase comes in as a systemd credential; a
+#                   missing credential fails the unit with the path in its status.
 #   config-rejected settings the agent rejects fail the build with the validator's line.
 #
 # Usage: import ./test.nix { pkgs = <nixpkgs with the secretivex overlay>; module = ...; }
@@ -106,10 +108,11 @@ in
       with subtest("hardening is in force"):
           props = client.succeed(as_alice(
               "systemctl --user show secretivex.service -p NoNewPrivileges -p ProtectSystem "
-              "-p MemoryDenyWriteExecute -p RestrictAddressFamilies -p UMask -p Type"
+              "-p PrivateUsers -p MemoryDenyWriteExecute -p RestrictAddressFamilies -p UMask -p Type"
           ))
-          for want in ["NoNewPrivileges=yes", "ProtectSystem=strict", "MemoryDenyWriteExecute=yes",
-                       "RestrictAddressFamilies=AF_UNIX", "UMask=0177", "Type=notify"]:
+          for want in ["NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateUsers=yes",
+                       "MemoryDenyWriteExecute=yes", "RestrictAddressFamilies=AF_UNIX",
+                       "UMask=0177", "Type=notify"]:
               assert want in props, props
           print(client.succeed(as_alice("systemd-analyze --user security secretivex.service || true")))
     '';
@@ -124,6 +127,10 @@ in
       users.users.bob = {
         isNormalUser = true;
         extraGroups = [ "team" ];
+      };
+      users.users.dave = {
+        isNormalUser = true;
+        group = "team";
       };
       users.users.mallory.isNormalUser = true;
       services.secretivex = {
@@ -143,7 +150,6 @@ in
               socket = "/run/secretivex/team.sock";
               mode = "0660";
               group = "team";
-              peers.gids = [ 2000 ];
             }
           ];
         };
@@ -177,6 +183,13 @@ in
               "ssh-keygen -Y check-novalidate -n file -s /tmp/bob-message.sig < /tmp/bob-message"
           )
           shared.wait_for_unit("secretivex.service")
+
+      with subtest("activation left every socket as its unit made it; members connect again"):
+          shared.succeed("stat -c '%a %U %G' /run/secretivex | grep -x '755 root root'")
+          shared.succeed("stat -c '%a %U %G' /run/secretivex/agent.sock | grep -x '660 secretivex secretivex'")
+          shared.succeed("stat -c '%a %U %G' /run/secretivex/team.sock | grep -x '660 secretivex team'")
+          shared.succeed("su bob -c 'SSH_AUTH_SOCK=/run/secretivex/team.sock ssh-add -l' | grep team@secretivex")
+          shared.succeed("su dave -c 'SSH_AUTH_SOCK=/run/secretivex/team.sock ssh-add -l' | grep team@secretivex")
 
       with subtest("a non-member cannot use it"):
           shared.fail("su mallory -c 'SSH_AUTH_SOCK=/run/secretivex/team.sock ssh-add -l'")

@@ -6,6 +6,7 @@
 # scenario: JSON; "secretivex" is services.secretivex, "world" any other NixOS config
 # (e.g. {"programs": {"ssh": {"startAgent": true}}}).
 { scenario ? "{}"
+, stubBare ? "false"
 , packagePath ? "/nix/store/00000000000000000000000000000000-secretivex-0.0.0"
 , coreutilsPath ? null
 }:
@@ -18,9 +19,10 @@ let
     modules = [
       ./nixos-stub.nix
       ../default.nix
-      { _file = "scenario"; config = { services.secretivex = s.secretivex or { }; } // (s.world or { }); }
+      { _file = "scenario"; config.services.secretivex = s.secretivex or { }; }
+      { _file = "world"; config = s.world or { }; }
     ];
-    specialArgs = { inherit pkgs; };
+    specialArgs = { inherit pkgs; stubBare = stubBare == "true"; };
   };
   c = evaluated.config;
   cfg = c.services.secretivex;
@@ -33,7 +35,10 @@ in
   failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) c.assertions);
   warnings = c.warnings;
   package = toString cfg.package;
-  settings = cfg.settings;
+  # what /etc/secretivex/config.yaml holds (the module's keys filled in)
+  settings = if configFile == null then cfg.settings else configFile.settings;
+  userActivationScripts = c.system.userActivationScripts;
+  pcscd = c.services.pcscd.enable or null;
   etc = builtins.attrNames etc;
   configFile =
     if configFile == null then null

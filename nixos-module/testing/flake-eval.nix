@@ -19,6 +19,8 @@ let
     installCheckPhase = p.installCheckPhase or null;
     pythonImportsCheck = p.pythonImportsCheck or [ ];
     disabledTestPaths = p.disabledTestPaths or [ ];
+    enabledTestPaths = p.enabledTestPaths or [ ];
+    pytestFlagsArray = p.pytestFlagsArray or null;
     mainProgram = p.meta.mainProgram;
     platforms = p.meta.platforms;
   };
@@ -36,7 +38,7 @@ let
     {
       inherit (e) undeclared;
       failedAssertions = map (a: a.message) (b.filter (a: !a.assertion) c.assertions);
-      settings = c.services.secretivex.settings;
+      settings = c.environment.etc."secretivex/config.yaml".source.settings;
       mode = c.services.secretivex.mode;
       package = toString c.services.secretivex.package;
       userSockets = b.attrNames c.systemd.user.sockets;
@@ -67,7 +69,7 @@ in
     "tests/unit/test_systemd.py"
     ".venv/bin/python"
     ".git/config"
-    "secretivex/__pycache__"
+    "secretivex/__pycache__/systemd.cpython-311.pyc"
     "secretivex.egg-info"
     "result"
     "flake.nix"

@@ -448,6 +448,38 @@ let
   cleanSourceWith =
     { src, filter ? (_: _: true), name ? "source" }:
     { inherit name filter; outPath = toString src; _isCleanSource = true; };
+  # lib.fileset, as far as package.nix uses it: a file set is a predicate over
+  # (absolute path, type); toSource describes the source instead of copying it
+  fileset =
+    let
+      mk = contains: { _type = "fileset"; inherit contains; };
+      coerce =
+        x:
+        if b.isAttrs x && (x._type or "") == "fileset" then x
+        else
+          let p = toString x; in
+          mk (path: _: path == p || hasPrefix (p + "/") path);
+      unions = xs: let sets = map coerce xs; in mk (path: type: b.any (s: s.contains path type) sets);
+    in
+    {
+      inherit unions;
+      union = x: y: unions [ x y ];
+      maybeMissing = coerce;
+      difference =
+        x: y:
+        let l = coerce x; r = coerce y; in
+        mk (path: type: l.contains path type && !(r.contains path type));
+      fileFilter =
+        pred: root:
+        let r = toString root; in
+        mk (path: type:
+          hasPrefix (r + "/") path && type == "regular"
+          && pred { name = baseNameOf path; inherit type; hasExt = ext: hasSuffix ".${ext}" (baseNameOf path); });
+      toSource =
+        { root, fileset }:
+        let f = coerce fileset; in
+        { name = "source"; outPath = toString root; filter = path: type: f.contains (toString path) type; _isFileset = true; };
+    };
   platforms = {
     linux = [ "x86_64-linux" "aarch64-linux" ];
     darwin = [ "x86_64-darwin" "aarch64-darwin" ];
@@ -455,7 +487,7 @@ let
   licenses.mit = { spdxId = "MIT"; shortName = "mit"; };
 
   lib = {
-    inherit cleanSourceWith platforms licenses;
+    inherit cleanSourceWith fileset platforms licenses;
     inherit
       id const flip optional optionals optionalString optionalAttrs concatMap flatten last
       imap0 imap1 unique toList nameValuePair mapAttrsToList mapAttrs' filterAttrs genAttrs

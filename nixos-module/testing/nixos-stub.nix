@@ -2,7 +2,18 @@
 # types (tests only). Option names and types follow nixos/modules: a definition the
 # module makes outside these declarations shows up in `undeclared`; one inside a unit
 # submodule with a misspelt name fails evaluation ("does not exist").
-{ lib, ... }:
+#
+# It also knows what systemd does with the units at run time where that silently
+# breaks a configuration, and fails those as assertions (tests/nix checks them):
+#   - FileDescriptorName= values systemd ignores (a ':', over 255 characters, not
+#     printable ASCII);
+#   - a socket under a service's RuntimeDirectory= whose owner or group differs from
+#     the service's User=/Group=: starting the service re-owns the directory and all
+#     in it (systemd#8635), so the socket loses its group.
+#
+# `stubBare = true` (a specialArg) leaves out the options that only newer nixpkgs
+# has (gcr-ssh-agent, yubikey-agent, ssh-tpm-agent, pcscd), like an older release.
+{ lib, config, stubBare ? false, ... }:
 
 let
   inherit (lib) mkOption types;
@@ -90,9 +101,61 @@ let
     user = mkOption { type = types.str; default = "+0"; };
     group = mkOption { type = types.str; default = "+0"; };
   };
+  b = builtins;
+  # systemd's fdname_is_valid(): printable ASCII except ':', at most 255 characters
+  fdNameValid = n: b.stringLength n <= 255 && b.match "[ -9;-~]*" n != null;
+  badFdNames = kind: units: lib.concatMap (name:
+    let n = units.${name}.socketConfig.FileDescriptorName or null; in
+    lib.optional (n != null && !(fdNameValid (toString n)))
+      "${kind}.${name}: FileDescriptorName=${toString n} is not a name systemd accepts (at most 255 printable characters, no ':'); systemd ignores it"
+  ) (b.attrNames units);
+
+  # systemd#8635: RuntimeDirectory= with User= re-owns the directory recursively
+  reowned = lib.concatMap (svcName:
+    let
+      svc = config.systemd.services.${svcName}.serviceConfig;
+      dirs = lib.splitString " " (toString (svc.RuntimeDirectory or ""));
+      user = svc.User or null;
+      group = svc.Group or user;
+      mine = sockName: sock:
+        (sock.socketConfig.Service or "${sockName}.service") == "${svcName}.service";
+    in
+    if user == null || svc ? RuntimeDirectory == false then [ ] else
+    lib.concatMap (sockName:
+      let
+        sock = config.systemd.sockets.${sockName};
+        owner = toString (sock.socketConfig.SocketUser or "root");
+        sgroup = toString (sock.socketConfig.SocketGroup or "root");
+        inside = lib.any (dir: lib.any (path: lib.hasPrefix "/run/${dir}/" path) sock.listenStreams) dirs;
+      in
+      lib.optional (mine sockName sock && inside && (owner != toString user || sgroup != toString group))
+        "systemd.sockets.${sockName}: its socket is inside RuntimeDirectory= of ${svcName}.service, which systemd re-owns to ${toString user}:${toString group} when the service starts (systemd#8635); the socket would lose ${owner}:${sgroup}"
+    ) (b.attrNames config.systemd.sockets)
+  ) (b.attrNames config.systemd.services);
+
+  newerOptions = {
+    services.gnome.gcr-ssh-agent.enable = mkOption { type = types.bool; default = false; };
+    services.yubikey-agent.enable = mkOption { type = types.bool; default = false; };
+    services.ssh-tpm-agent.enable = mkOption { type = types.bool; default = false; };
+    services.pcscd.enable = mkOption { type = types.bool; default = false; };
+  };
 in
 {
-  options = {
+  config.assertions = map (message: { assertion = false; inherit message; }) (
+    badFdNames "systemd.sockets" config.systemd.sockets
+    ++ badFdNames "systemd.user.sockets" config.systemd.user.sockets
+    ++ reowned
+  );
+
+  options = lib.recursiveUpdate (if stubBare then { } else newerOptions) {
+    security.allowUserNamespaces = mkOption { type = types.bool; default = true; };
+    system.userActivationScripts = mkOption {
+      type = types.attrsOf (types.either types.str (types.submodule {
+        options.text = mkOption { type = types.lines; };
+        options.deps = strList;
+      }));
+      default = { };
+    };
     assertions = mkOption { type = types.listOf types.unspecified; default = [ ]; };
     warnings = mkOption { type = types.listOf types.str; default = [ ]; };
 

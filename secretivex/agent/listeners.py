@@ -46,6 +46,10 @@ class ListenerSpec:
     allow_lock: bool = True
     #: Most connections this socket serves at once; None = only the agent-wide limits.
     max_connections: int | None = None
+    #: Group of a socket file handed over by the service manager (SocketGroup=), when
+    #: the file grants that group read and write; counts as ``group`` when none is
+    #: configured. Kept across reloads: the file is the manager's, not the config's.
+    file_group: int | None = None
     _visible: dict[bytes, bool] = field(default_factory=dict, repr=False)
 
     @property
@@ -78,12 +82,29 @@ class ListenerSpec:
         return seen
 
     def admits(self, peer: PeerCredentials) -> bool:
-        """The agent's own uid and root always; then configured uids, then gids."""
-        if peer.uid in (0, os.getuid()) or peer.uid in self.peer_uids:
+        """Who may talk to this socket, beyond what its file mode already lets connect.
+
+        The agent's own uid and root always. With ``peers`` set, the uids and groups
+        listed there, and nobody else: ``peers`` narrows. Without it, members of the
+        socket's group (``group``, else an inherited socket file's group), primary or
+        supplementary, as the kernel's permission check counts them.
+        """
+        if peer.uid in (0, os.getuid()):
             return True
-        if not self.peer_gids:
-            return False
-        return peer.gid in self.peer_gids or bool(self.peer_gids & supplementary_groups(peer.pid))
+        if self.peer_uids or self.peer_gids:
+            return peer.uid in self.peer_uids or _in_groups(peer, self.peer_gids)
+        group = self.group if self.group is not None else self.file_group
+        return group is not None and _in_groups(peer, frozenset((group,)))
+
+    def adopt_socket_file(self) -> None:
+        """Note the group of an inherited socket file that grants its group access
+        (the admin's SocketGroup=/SocketMode=), so its members are admitted."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return
+        if stat.S_ISSOCK(st.st_mode) and st.st_mode & 0o060 == 0o060:
+            self.file_group = st.st_gid
 
     def same_socket(self, other: ListenerSpec) -> bool:
         return (self.path, self.mode, self.owner, self.group) == (
@@ -92,6 +113,13 @@ class ListenerSpec:
             other.owner,
             other.group,
         )
+
+
+def _in_groups(peer: PeerCredentials, gids: frozenset[int]) -> bool:
+    """Primary gid first (free); supplementary groups only when that misses."""
+    if not gids:
+        return False
+    return peer.gid in gids or bool(gids & supplementary_groups(peer.pid))
 
 
 def supplementary_groups(pid: int) -> frozenset[int]:

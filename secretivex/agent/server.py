@@ -28,6 +28,7 @@ from secretivex.agent.listeners import (
     resolve_uid,
     unlink_socket,
 )
+from secretivex.agent.systemd import take_inherited
 from secretivex.config.matchers import parse_matcher
 from secretivex.metrics import MetricsRecorder, run_metrics_writer
 from secretivex.policy.engine import Policy
@@ -290,11 +291,10 @@ class Agent:
     async def _open_listener(self, spec: ListenerSpec) -> _Serving:
         """Bind (or adopt from systemd) one socket; recorded at once so that a later
         failure still removes it."""
-        inherited = self._inherited.pop(spec.name, None) or self._inherited.pop(
-            str(spec.path), None
-        )
+        inherited = take_inherited(self._inherited, spec.name, str(spec.path))
         identity: tuple[int, int] | None = None
         if inherited is not None:
+            spec.adopt_socket_file()
             sock = inherited
         else:
             try:

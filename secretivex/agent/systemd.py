@@ -34,6 +34,7 @@ __all__ = [
     "notify_status",
     "notify_stopping",
     "parse_listen_env",
+    "take_inherited",
 ]
 
 LISTEN_FDS_START = 3
@@ -180,6 +181,38 @@ def listen_fds(unset_env: bool = True) -> list[InheritedSocket]:
             item.socket.detach()  # leave the fds as they were; the caller decides
         raise
     return adopted
+
+
+def socket_path(sock: socket.socket) -> str | None:
+    """The filesystem path an AF_UNIX socket is bound to, else None."""
+    if sock.family != socket.AF_UNIX:
+        return None
+    try:
+        addr = sock.getsockname()
+    except OSError:
+        return None
+    return addr if isinstance(addr, str) and addr and not addr.startswith("\0") else None
+
+
+def take_inherited(
+    inherited: MutableMapping[str, socket.socket], name: str, path: str
+) -> socket.socket | None:
+    """Remove and return the inherited socket for the listener ``name`` at ``path``.
+
+    Matched by the path the socket is actually bound to first, so
+    ``FileDescriptorName=`` may be any label (paths with a ``:`` or longer than
+    systemd's 255-character fd names work too, and a label that names another
+    listener cannot swap two sockets); then by fd name (the listener's name or path),
+    for sockets whose path cannot be read.
+    """
+    for key, sock in list(inherited.items()):
+        if socket_path(sock) == path:
+            return inherited.pop(key)
+    for key in (name, path):
+        candidate = inherited.get(key)
+        if candidate is not None and socket_path(candidate) in (None, path):
+            return inherited.pop(key)
+    return None
 
 
 def _notify_address(value: str) -> str | bytes | None:

@@ -1,6 +1,6 @@
 """`secretivex install-units --user`: a socket-activated user service in one step.
 
-The units are the packaged ones (``packaging/systemd``, shipped in the wheel as
+The units are the packaged ones (``packaging/systemd/user``, shipped in the wheel as
 ``secretivex/units``) with ``ExecStart`` pointed at the executable that is running
 now, so a pip or pipx install works without editing anything.
 """
@@ -130,7 +130,7 @@ def install_units(
     if not user:
         typer.echo(
             "secretivex: install-units needs --user (system-wide installs: see "
-            "docs/nixos.md, packaging/systemd)",
+            "docs/nixos.md, packaging/systemd/user)",
             err=True,
         )
         raise typer.Exit(2)

@@ -338,6 +338,27 @@ Lifetime = Annotated[
 ]
 
 
+def _peer_account(value: Any, kind: Literal["user", "group"]) -> int | str:
+    if value is None:
+        _fail("account_type", f"{kind} must be a name or a number, not null")
+    resolved = _account(value, kind)
+    assert resolved is not None
+    return resolved
+
+
+_ACCOUNT_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}]}
+PeerUser = Annotated[
+    int | str,
+    PlainValidator(lambda v: _peer_account(v, "user")),
+    WithJsonSchema(_ACCOUNT_SCHEMA),
+]
+PeerGroup = Annotated[
+    int | str,
+    PlainValidator(lambda v: _peer_account(v, "group")),
+    WithJsonSchema(_ACCOUNT_SCHEMA),
+]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -778,18 +799,21 @@ OctalMode = Annotated[
 
 
 class PeersSection(_Section):
-    """Who may connect, checked with SO_PEERCRED on every connection."""
+    """Who may connect, checked with SO_PEERCRED on every connection. Setting either
+    list narrows the listener to exactly these peers (plus the agent's own uid and
+    root); names are resolved when the config is loaded and on every reload."""
 
-    uids: list[Annotated[int, Field(ge=0)]] = Field(
+    uids: list[PeerUser] = Field(
         default=[],
-        description="Peer user ids allowed. When uids and gids are both empty: the agent's "
-        "own uid and root.",
-        examples=[[1000, 1001]],
+        description="Peer users allowed: user names or uids. When uids and gids are both "
+        "empty: the agent's own uid, root and members of the listener's group.",
+        examples=[["alice", 1001]],
     )
-    gids: list[Annotated[int, Field(ge=0)]] = Field(
+    gids: list[PeerGroup] = Field(
         default=[],
-        description="Peer primary group ids allowed (any peer whose gid is listed).",
-        examples=[[998]],
+        description="Peer groups allowed: group names or gids; a peer is in a group when "
+        "it is its primary or one of its supplementary groups.",
+        examples=[["team", 998]],
     )
 
 
@@ -812,7 +836,8 @@ class ListenerSection(_Section):
     )
     group: Group = Field(
         default=None,
-        description="Group of the socket file: group name or gid; null = the agent's group.",
+        description="Group of the socket file: group name or gid; null = the agent's group. "
+        "Its members (primary or supplementary) are admitted unless `peers` narrows it.",
         examples=["docker"],
     )
     keys: list[MatcherField] = Field(

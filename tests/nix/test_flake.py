@@ -85,6 +85,8 @@ def test_package_comes_from_pyproject(flake: Any, pyproject: Any) -> None:
         "version": f"secretivex {project['version']}",
     }
     assert "secretivex.agent.systemd" in pkg["pythonImportsCheck"]
+    # buildPythonPackage's current name for the test paths (pytestFlagsArray is legacy)
+    assert pkg["enabledTestPaths"] == ["tests/unit"] and pkg["pytestFlagsArray"] is None
     assert pkg["platforms"] == LINUX[::-1] + DARWIN[::-1]
     assert flake["packageDarwin"]["version"] == project["version"]
 
@@ -94,7 +96,14 @@ def test_package_source_filter(flake: Any) -> None:
     kept = ["pyproject.toml", "README.md", "secretivex/__init__.py", "tests/unit/test_systemd.py"]
     for rel in kept:
         assert keeps[rel] is True, rel
-    for rel in [".venv/bin/python", ".git/config", "secretivex/__pycache__", "result"]:
+    for rel in [
+        ".venv/bin/python",
+        ".git/config",
+        "secretivex/__pycache__/systemd.cpython-311.pyc",
+        "secretivex.egg-info",
+        "flake.nix",
+        "result",
+    ]:
         assert keeps[rel] is False, rel
 
 
@@ -128,6 +137,8 @@ def test_vm_test_scripts_mention_what_they_test_text_check(flake: Any) -> None:
         "shared.fail",
         "ssh-keygen -Y sign",
         "a missing credential",
+        "activation left every socket as its unit made it",
+        "su dave",
     ]:
         assert phrase in shared["testScript"], phrase
     rejected = flake["vmTests"]["config-rejected"]["script"]

@@ -29,19 +29,9 @@ pytestmark = pytest.mark.nix
 EVAL = TESTING / "eval.nix"
 Eval = Callable[..., Any]
 
-# Every unit gets these, in both modes (docs/nixos.md explains each).
+# Every unit gets these, in both modes: seccomp and no_new_privs need no namespaces.
 HARDENING = {
     "NoNewPrivileges": True,
-    "CapabilityBoundingSet": "",
-    "AmbientCapabilities": "",
-    "ProtectSystem": "strict",
-    "PrivateTmp": True,
-    "ProtectKernelTunables": True,
-    "ProtectKernelModules": True,
-    "ProtectKernelLogs": True,
-    "ProtectControlGroups": True,
-    "ProtectClock": True,
-    "ProtectHostname": True,
     "RestrictAddressFamilies": "AF_UNIX",
     "RestrictNamespaces": True,
     "RestrictRealtime": True,
@@ -52,8 +42,23 @@ HARDENING = {
     "SystemCallFilter": ["@system-service"],
     "UMask": "0177",
     "Type": "notify",
-    "RuntimeDirectory": "secretivex",
+    "KillMode": "mixed",  # SIGTERM to the agent only: it drains
+    "RestartPreventExitStatus": "2",
 }
+# The mount/capability sandbox: system mode always, user mode where user namespaces
+# are allowed (security.allowUserNamespaces, the NixOS default).
+SANDBOX = {
+    "CapabilityBoundingSet": "",
+    "AmbientCapabilities": "",
+    "ProtectSystem": "strict",
+    "PrivateTmp": True,
+    "ProtectKernelTunables": True,
+    "ProtectKernelModules": True,
+    "ProtectKernelLogs": True,
+    "ProtectClock": True,
+    "ProtectHostname": True,
+}
+START_LIMIT = {"StartLimitIntervalSec": "60s", "StartLimitBurst": 3}
 
 FILE_STORE = {"stores": [{"type": "file", "paths": ["~/agent-keys/id_ed25519"]}]}
 
@@ -126,13 +131,17 @@ def test_user_mode_units(nix_eval: Eval) -> None:
     cfg = svc["serviceConfig"]
     assert cfg["ExecStart"] == f"{pkg}/bin/secretivex agent --socket %t/secretivex/agent.sock"
     assert cfg["ExecReload"].endswith("/bin/kill -HUP $MAINPID")
-    for key, value in HARDENING.items():
+    for key, value in {**HARDENING, **SANDBOX}.items():
         assert cfg.get(key) == value, key
+    assert cfg["PrivateUsers"] is True  # said out loud: user units need it for the sandbox
     assert cfg["ProtectHome"] == "read-only"  # keys under ~/.ssh are read, never written
     assert cfg["PrivateDevices"] is True  # no PKCS#11: no devices
-    assert cfg["RuntimeDirectoryMode"] == "0700"
-    assert cfg["RuntimeDirectoryPreserve"] == "yes"  # the socket unit owns the socket
+    assert "RuntimeDirectory" not in cfg  # the socket unit makes the directory
     assert "User" not in cfg and "LoadCredential" not in cfg
+    assert svc["unitConfig"] == {"ConditionUser": "!@system", **START_LIMIT}
+    # nixos-rebuild switch restarts no user units: running agents are reloaded
+    (script,) = out["userActivationScripts"].values()
+    assert "systemctl --user try-reload-or-restart secretivex.service" in script
     assert svc["requires"] == ["secretivex.socket"] and svc["after"] == ["secretivex.socket"]
     assert svc["wantedBy"] == []  # socket-activated only
 
@@ -142,6 +151,18 @@ def test_user_mode_units(nix_eval: Eval) -> None:
     assert out["systemPackages"] == [pkg]
     assert out["users"] == {"users": {}, "groups": {}}
     assert out["settings"] == {**FILE_STORE, "agent": {"pkcs11_allowlist": []}}
+
+
+def test_user_mode_without_user_namespaces_leaves_the_sandbox_out(nix_eval: Eval) -> None:
+    """Where user namespaces are off, a user unit with the sandbox never starts
+    (218/CAPABILITIES): the module leaves it out, knowingly; seccomp stays."""
+    world = {"security": {"allowUserNamespaces": False}}
+    out = evaluate(nix_eval, {"enable": True}, world)
+    cfg = out["systemd"]["user"]["services"]["secretivex"]["serviceConfig"]
+    for key, value in HARDENING.items():
+        assert cfg.get(key) == value, key
+    for key in [*SANDBOX, "PrivateUsers", "ProtectHome", "PrivateDevices"]:
+        assert key not in cfg, key
 
 
 def test_user_mode_can_leave_ssh_auth_sock_alone(nix_eval: Eval) -> None:
@@ -172,8 +193,8 @@ def test_system_mode_units(nix_eval: Eval) -> None:
     assert listener["listenStreams"] == ["/run/secretivex/team.sock"]
     assert listener["wantedBy"] == ["sockets.target"]
     assert listener["socketConfig"] == {
-        # the agent maps the inherited fd to the listener with this socket path
-        "FileDescriptorName": "/run/secretivex/team.sock",
+        # a label: the agent matches inherited sockets by path; a path may not be one
+        "FileDescriptorName": "listener-0",
         "SocketUser": "secretivex",
         "SocketGroup": "team",
         "SocketMode": "0660",
@@ -185,8 +206,13 @@ def test_system_mode_units(nix_eval: Eval) -> None:
     cfg = svc["serviceConfig"]
     units = ["secretivex.socket", f"{listener_name}.socket"]
     assert cfg["ExecStart"] == f"{pkg}/bin/secretivex agent --socket /run/secretivex/agent.sock"
-    for key, value in HARDENING.items():
+    for key, value in {**HARDENING, **SANDBOX}.items():
         assert cfg.get(key) == value, key
+    assert cfg["ProtectControlGroups"] is True
+    # the sockets live in /run/secretivex, made by the socket units: no
+    # RuntimeDirectory= that systemd would re-own on start (systemd#8635)
+    assert "RuntimeDirectory" not in cfg
+    assert svc["unitConfig"] == {"AssertPathExists": ["/run/keys/team-passphrase"], **START_LIMIT}
     assert cfg["User"] == "secretivex" and cfg["Group"] == "secretivex"
     assert cfg["ProtectHome"] is True
     assert cfg["IPAddressDeny"] == "any"
@@ -195,7 +221,6 @@ def test_system_mode_units(nix_eval: Eval) -> None:
     assert cfg["Sockets"] == units
     assert svc["requires"] == units and svc["after"] == units
     assert cfg["LoadCredential"] == ["team-passphrase:/run/keys/team-passphrase"]
-    assert svc["unitConfig"]["AssertPathExists"] == ["/run/keys/team-passphrase"]
     assert svc["reloadTriggers"] == [out["configFile"]["path"]]
     assert svc["environment"] == {"HOME": "/var/lib/secretivex"}
 
@@ -227,8 +252,8 @@ def test_pkcs11_modules_open_devices_and_fill_the_allowlist(nix_eval: Eval, mode
             "settings": {"agent": {"pkcs11_allowlist": extra}},
         },
     )
-    # lists from both definitions concatenate (RFC 42 settings merge like NixOS lists)
-    assert out["settings"]["agent"]["pkcs11_allowlist"] == [module, *extra]
+    # both count, merged sorted and without duplicates
+    assert out["settings"]["agent"]["pkcs11_allowlist"] == sorted([module, *extra])
     units = out["systemd"]["user" if mode == "user" else "services"]
     if mode == "user":
         units = units["services"]
@@ -244,6 +269,42 @@ def test_pkcs11_store_alone_also_opens_devices(nix_eval: Eval) -> None:
     out = evaluate(nix_eval, {"enable": True, "settings": {"stores": [store]}})
     cfg = out["systemd"]["user"]["services"]["secretivex"]["serviceConfig"]
     assert cfg["PrivateDevices"] is False
+    assert out["pcscd"] is True  # smart cards behind PKCS#11 need pcscd
+
+
+def test_own_allowlist_alone_counts_as_pkcs11(nix_eval: Eval) -> None:
+    settings = {"agent": {"pkcs11_allowlist": ["/nix/store/y/lib/*"]}}
+    out = evaluate(nix_eval, {"enable": True, "mode": "system", "settings": settings})
+    cfg = out["systemd"]["services"]["secretivex"]["serviceConfig"]
+    assert cfg["PrivateDevices"] is False and cfg["DevicePolicy"] == "closed"
+    assert out["pcscd"] is True
+    out = evaluate(nix_eval, {"enable": True})
+    assert out["pcscd"] is False
+
+
+def test_allowlist_merge_does_not_depend_on_module_order(nix_eval: Eval) -> None:
+    """Definitions from two modules (the scenario's and the world's) in either order
+    render the same list: sorted, no duplicates."""
+    a, b = "/nix/store/a/lib/a.so", "/nix/store/b/lib/b.so"
+    results = []
+    for first, second in [(a, b), (b, a)]:
+        world = {"services": {"secretivex": {"settings": {"agent": {"pkcs11_allowlist": [first]}}}}}
+        mine = {"enable": True, "pkcs11Modules": [second, first]}
+        mine["settings"] = {"agent": {"pkcs11_allowlist": [second]}}
+        results.append(evaluate(nix_eval, mine, world)["settings"]["agent"]["pkcs11_allowlist"])
+    assert results == [[a, b], [a, b]]
+
+
+def test_settings_declare_the_keys_the_module_sets(nix_eval: Eval) -> None:
+    """settings is a submodule: agent.socket and agent.pkcs11_allowlist are typed
+    options (a wrong type fails evaluation), everything else is freeform YAML."""
+    with pytest.raises(NixEvalError, match=r"settings.agent.socket' is not of type"):
+        evaluate(nix_eval, {"enable": True, "mode": "system", "settings": {"agent": {"socket": 5}}})
+    with pytest.raises(NixEvalError, match=r"pkcs11_allowlist' is not of type"):
+        evaluate(nix_eval, {"enable": True, "settings": {"agent": {"pkcs11_allowlist": "/x"}}})
+    out = evaluate(nix_eval, {"enable": True, "settings": {"agent": {"max_connections": 64}}})
+    # user mode: no socket key rendered at all (the unit passes --socket)
+    assert out["settings"]["agent"] == {"max_connections": 64, "pkcs11_allowlist": []}
 
 
 def test_environment_file(nix_eval: Eval) -> None:
@@ -263,6 +324,12 @@ def test_environment_file(nix_eval: Eval) -> None:
             {"programs": {"gnupg": {"agent": {"enableSSHSupport": True}}}},
             "programs.gnupg.agent.enableSSHSupport",
         ),
+        (
+            {"services": {"gnome": {"gcr-ssh-agent": {"enable": True}}}},
+            "services.gnome.gcr-ssh-agent.enable",
+        ),
+        ({"services": {"yubikey-agent": {"enable": True}}}, "services.yubikey-agent.enable"),
+        ({"services": {"ssh-tpm-agent": {"enable": True}}}, "services.ssh-tpm-agent.enable"),
     ],
 )
 def test_user_mode_refuses_a_second_ssh_agent(nix_eval: Eval, world: Any, needle: str) -> None:
@@ -271,6 +338,45 @@ def test_user_mode_refuses_a_second_ssh_agent(nix_eval: Eval, world: Any, needle
     # a shared-host agent does not set SSH_AUTH_SOCK, so it coexists
     out = evaluate(nix_eval, {**SHARED}, world)
     assert out["failedAssertions"] == []
+
+
+def test_agents_missing_from_an_older_nixpkgs_are_skipped(nix_eval: Eval) -> None:
+    """`options ? ...` guards: a nixpkgs without gcr-ssh-agent & co. still evaluates."""
+    out = evaluate(nix_eval, {"enable": True}, stubBare="true")
+    assert out["failedAssertions"] == [] and out["pcscd"] is None
+
+
+# ------------------------------------------- the stand-in knows systemd's semantics
+
+
+def test_stand_in_rejects_a_socket_inside_a_reowned_runtime_directory(nix_eval: Eval) -> None:
+    """What the module did before: listener sockets in RuntimeDirectory=secretivex of a
+    User= service. systemd re-owns that directory on start (systemd#8635)."""
+    world = {
+        "systemd": {
+            "services": {"secretivex": {"serviceConfig": {"RuntimeDirectory": "secretivex"}}}
+        }
+    }
+    out = evaluate(nix_eval, SHARED, world)
+    (message,) = out["failedAssertions"]
+    assert "systemd#8635" in message and "secretivex:team" in message, message
+
+
+@pytest.mark.parametrize("name", ["/run/secretivex/a:b.sock", "x" * 256])
+def test_stand_in_rejects_fd_names_systemd_ignores(nix_eval: Eval, name: str) -> None:
+    """What the module did before: FileDescriptorName = the socket path."""
+    world = {"systemd": {"sockets": {"other": {"socketConfig": {"FileDescriptorName": name}}}}}
+    out = evaluate(nix_eval, {"enable": False}, world)
+    (message,) = out["failedAssertions"]
+    assert "FileDescriptorName=" in message and "systemd ignores it" in message
+
+
+def test_listener_paths_systemd_cannot_name_still_work(nix_eval: Eval) -> None:
+    listener = {"socket": "/run/secretivex/team:a.sock", "mode": "0660", "group": "team"}
+    out = evaluate(nix_eval, {**SHARED, "settings": {"listeners": [listener]}})
+    assert out["failedAssertions"] == []
+    names = {u["socketConfig"]["FileDescriptorName"] for u in out["systemd"]["sockets"].values()}
+    assert names == {"agent", "listener-0"}
 
 
 def test_credentials_need_system_mode_and_valid_names(nix_eval: Eval) -> None:

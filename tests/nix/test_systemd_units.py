@@ -1,8 +1,9 @@
-"""packaging/systemd: the plain user-unit pair for non-Nix distros.
+"""packaging/systemd: the units for non-Nix distros (user/ and system/).
 
-`systemd-analyze verify --user` must accept both files with no warning at all (an
-unknown key is only a warning, so an empty stderr is the bar). ExecStart is pointed
-at the installed console script, since /usr/bin/secretivex need not exist here.
+`systemd-analyze verify` must accept them with no warning at all (an unknown key is
+only a warning, so an empty stderr is the bar). ExecStart is pointed at the installed
+console script, since /usr/bin/secretivex need not exist here. tests/systemd runs them
+under a real systemd.
 """
 
 from __future__ import annotations
@@ -15,17 +16,21 @@ from pathlib import Path
 import pytest
 from nixtools import REPO, require_tool
 
-UNITS = REPO / "packaging" / "systemd"
+UNITS = REPO / "packaging" / "systemd" / "user"
+SYSTEM_UNITS = REPO / "packaging" / "systemd" / "system"
 
 
-def verify(directory: Path) -> subprocess.CompletedProcess[str]:
+def verify(
+    directory: Path, files: list[str] | None = None, user: bool = True
+) -> subprocess.CompletedProcess[str]:
     analyze = require_tool("systemd-analyze", "Debian: apt-get install systemd")
     runtime = directory / "xdg-runtime"
     runtime.mkdir(mode=0o700, exist_ok=True)
     env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "SYSTEMD_LOG_LEVEL": "info"}
-    files = [str(directory / "secretivex.socket"), str(directory / "secretivex.service")]
+    names = files or ["secretivex.socket", "secretivex.service"]
+    paths = [str(directory / name) for name in names]
     proc = subprocess.run(
-        [analyze, "--user", "verify", "--man=no", *files],
+        [analyze, *(["--user"] if user else []), "verify", "--man=no", *paths],
         capture_output=True,
         text=True,
         timeout=120,
@@ -55,6 +60,34 @@ def test_units_verify_cleanly(tmp_path: Path, secretivex_bin: Path) -> None:
     assert proc.stderr == "", proc.stderr
 
 
+def test_system_units_verify_cleanly(tmp_path: Path, secretivex_bin: Path) -> None:
+    names = {
+        "secretivex.socket": "secretivex.socket",
+        "secretivex-listener@.socket": "secretivex-listener@team.socket",
+        "secretivex.service": "secretivex.service",
+    }
+    for source, target in names.items():
+        text = (SYSTEM_UNITS / source).read_text()
+        text = text.replace("ExecStart=/usr/bin/secretivex", f"ExecStart={secretivex_bin}")
+        (tmp_path / target).write_text(text)
+    proc = verify(tmp_path, list(names.values()), user=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", proc.stderr
+
+
+def test_user_sandbox_drop_in_is_what_it_says() -> None:
+    """The opt-in sandbox says PrivateUsers=yes (without it systemd skips the mount
+    options in user units and fails the capability drops) and nothing it cannot do."""
+    text = (UNITS / "sandbox.conf").read_text()
+    lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    assert lines[0] == "[Service]"
+    assert "PrivateUsers=yes" in lines and "ProtectHome=read-only" in lines
+    assert not any(ln.startswith("ProtectControlGroups=") for ln in lines)
+    service = (UNITS / "secretivex.service").read_text()
+    for key in ("ProtectSystem=", "ProtectHome=", "CapabilityBoundingSet=", "PrivateUsers="):
+        assert not re.search(rf"^{key}", service, re.M), key
+
+
 def test_verify_has_teeth(tmp_path: Path, secretivex_bin: Path) -> None:
     proc = verify(staged(tmp_path, secretivex_bin, edit="ProtectHme=yes"))
     assert "Unknown key 'ProtectHme'" in proc.stderr, proc.stderr
@@ -76,12 +109,11 @@ def test_units_match_the_nixos_user_mode() -> None:
         "ExecReload=/bin/kill -HUP $MAINPID",
         "UMask=0177",
         "NoNewPrivileges=yes",
-        "ProtectSystem=strict",
-        "ProtectHome=read-only",
         "RestrictAddressFamilies=AF_UNIX",
         "MemoryDenyWriteExecute=yes",
         "SystemCallFilter=@system-service",
-        "RuntimeDirectory=secretivex",
-        "RuntimeDirectoryPreserve=yes",
+        "KillMode=mixed",
+        "StartLimitBurst=3",
+        "RestartPreventExitStatus=2",
     ]:
         assert f"\n{line}\n" in service, line

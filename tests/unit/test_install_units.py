@@ -48,7 +48,7 @@ def test_without_systemctl_units_are_written_and_the_message_says_what_next(
     # Everything else is the packaged unit, line for line.
     for name in ("secretivex.service", "secretivex.socket"):
         written = (units / name).read_text().splitlines()
-        packaged = (REPO / "packaging" / "systemd" / name).read_text().splitlines()
+        packaged = (REPO / "packaging" / "systemd" / "user" / name).read_text().splitlines()
         assert written[0].startswith("# Written by `secretivex install-units --user`")
         assert len(written) == len(packaged) + 1
         for mine, theirs in zip(written[1:], packaged, strict=True):

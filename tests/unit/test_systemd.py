@@ -582,3 +582,27 @@ def test_reload_right_after_ready_is_safe(short_tmp: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
             proc.communicate(timeout=10)
+
+
+def test_take_inherited_matches_by_bound_path_before_name(tmp_path: Path) -> None:
+    """FileDescriptorName= is only a label: a socket is found by the path it is bound
+    to (even one with a ':' no fd name may hold), a label naming another listener
+    cannot swap two sockets, and each socket is handed out once."""
+    path = tmp_path / "a:b.sock"
+    by_path = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    misnamed = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unbound = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        by_path.bind(str(path))
+        misnamed.bind(str(tmp_path / "ci.sock"))
+        # "listener-0" is the label of ci.sock, but listener-0 is the socket at `path`
+        inherited = {"listener-7": by_path, "listener-0": misnamed, "team": unbound}
+        assert systemd.take_inherited(inherited, "listener-0", str(path)) is by_path
+        assert systemd.take_inherited(inherited, "listener-0", str(path)) is None
+        # a socket without a readable path is matched by its name
+        assert systemd.take_inherited(inherited, "team", "/run/x/team.sock") is unbound
+        assert inherited == {"listener-0": misnamed}
+        assert systemd.take_inherited(inherited, "ci", str(tmp_path / "ci.sock")) is misnamed
+    finally:
+        for s in (by_path, misnamed, unbound):
+            s.close()
