@@ -152,7 +152,10 @@ def test_make_run_installs_runtime_dependencies_only(tmp_path: Path) -> None:
     require_tool("make")
     venv = tmp_path / "venv"
     plan = subprocess.run(
-        ["make", "-n", "run", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True
+        ["make", "--no-print-directory", "-n", "run", f"VENV={venv}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert plan.returncode == 0, plan.stderr
     installs = [line for line in plan.stdout.splitlines() if " install " in line]
