@@ -263,9 +263,10 @@ class Pkcs11Store(KeyStore):
     async def open(self) -> None:
         """Load the module and open the token.
 
-        ``StoreError`` if the module is missing or cannot be loaded. An absent token, a
-        wrong PIN or a cancelled PIN prompt is not an error here: the store starts
-        degraded and says why.
+        ``StoreError`` if the module is missing or cannot be loaded. An absent token or
+        a wrong PIN is not an error here: the store starts degraded and says why. A PIN
+        that must be asked for (``pin_command``, ``pin_prompt``) is asked by
+        ``maintain()``, so a person at a prompt never holds up the agent's start.
         """
         async with self._lock:
             if self._worker is not None:
@@ -282,7 +283,13 @@ class Pkcs11Store(KeyStore):
             self._worker = worker
             self._closed = False
             self._move(TokenEvent.LOADED)
-            await self._open_token()
+            if self._pin.asks:
+                self._state = StoreState.DEGRADED
+                self._last_error = "waiting for the PIN (asked at first use)"
+            else:
+                await self._open_token()
+            # else: the first open asks for the PIN; maintain() does it in the
+            # background, so the agent listens (and other stores serve) meanwhile.
             self._wakeup.set()  # a running maintain() recomputes its schedule
 
     async def aclose(self) -> None:
@@ -401,6 +408,8 @@ class Pkcs11Store(KeyStore):
             if self._probe_interval > 0:
                 return max(0.0, tok.last_ok + self._probe_interval - now)
             return math.inf
+        if tok.state is TokenState.CLOSED:
+            return 0.0  # opened without asking for the PIN yet: ask now
         if not tok.state.retries or self._retry_at is None:
             return math.inf
         return max(0.0, self._retry_at - now)
@@ -415,6 +424,9 @@ class Pkcs11Store(KeyStore):
             if tok.state is TokenState.READY:
                 if self._probe_interval > 0 and now - tok.last_ok >= self._probe_interval:
                     await self._probe(worker)
+                return
+            if tok.state is TokenState.CLOSED:
+                await self._open_token()
                 return
             if not tok.state.retries or self._retry_at is None or now < self._retry_at:
                 return
