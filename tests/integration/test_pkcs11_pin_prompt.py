@@ -144,6 +144,10 @@ def test_askpass_asked_once_at_first_use_pin_kept_in_memory_only(
         assert signed.returncode == 0 and (tmp_path / "msg.sig").exists()
         for _ in range(3):
             agent.ssh_add("-l")
+        # A reload for another reason re-opens the token with the PIN it holds: no prompt.
+        agent.signal(signal.SIGHUP)
+        assert wait_until(lambda: "configuration reloaded" in agent.log())
+        assert wait_until(lambda: "prompted-ed" in agent.ssh_add("-l", check=False).stdout)
         text, doc = health(agent)
         store = hsm_store(doc)
         assert store["state"] == "ok" and store["detail"]["login"] == "user"  # type: ignore[index]

@@ -49,7 +49,7 @@ class PinPromptFailed(StoreError):
 class Pin(Protocol):
     """A token's PIN source. ``read`` returns the PIN (None: do not log in) or raises
     ``StoreError``; ``asks`` says whether reading would ask a person or program now;
-    ``forget`` drops a remembered PIN the token refused (or on reload)."""
+    ``forget`` drops a remembered PIN the token refused."""
 
     @property
     def asks(self) -> bool: ...

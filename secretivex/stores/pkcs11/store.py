@@ -305,7 +305,9 @@ class Pkcs11Store(KeyStore):
             self._wakeup.set()
 
     async def reload(self) -> None:
-        """SIGHUP: re-read (or re-ask) the PIN, forget a PIN stop, re-open and re-list."""
+        """SIGHUP: forget a PIN stop, re-open and re-list. An env/file PIN is read again;
+        a prompted PIN is asked again only if it was refused or never given (a refusal
+        already forgot it), so a reload for another reason does not pester anyone."""
         if self._worker is None:
             await self.open()
             return
@@ -314,7 +316,6 @@ class Pkcs11Store(KeyStore):
             if worker is None:
                 return
             await self._close_token(worker)
-            self._pin.forget()
             self._move(TokenEvent.RELOAD)
             await self._open_token()
 
