@@ -699,7 +699,12 @@ def _describe_error(
         return loc, f"expected a mapping (key: value), got {_describe(value)}"
     if kind == "list_type":
         hint = " - write [item] for a single item" if isinstance(value, str | int) else ""
-        if isinstance(value, str) and loc and loc[-1] == "command" and value.split():
+        if (
+            isinstance(value, str)
+            and loc
+            and loc[-1] in ("command", "pin_command")
+            and value.split()
+        ):
             hint = " - argv is a list, not a shell line: write " + _argv_hint(value)
         return loc, f"expected a list, got {_describe(value)}{hint}"
     if kind in {"int_parsing", "int_type", "int_from_float"}:

@@ -611,14 +611,35 @@ class Pkcs11Store(_Section):
     )
     pin_env: EnvName | None = Field(
         default=None,
-        description="Environment variable holding the user PIN. Set at most one of pin_env "
-        "and pin_file; none = the token needs no login.",
+        description="Environment variable holding the user PIN. Set at most one of pin_env, "
+        "pin_file, pin_command and pin_prompt; none = the token needs no login.",
         examples=["SECRETIVEX_PKCS11_PIN"],
     )
     pin_file: AbsPath | None = Field(
         default=None,
         description="File whose first line is the user PIN.",
         examples=["/run/credentials/secretivex.service/pin"],
+    )
+    pin_command: list[Text] | None = Field(
+        default=None,
+        description="argv of a program (no shell) run when the token first needs its PIN; "
+        "the first line of its stdout is the PIN, kept in memory only. It gets the confirm "
+        "hook's minimal environment plus SECRETIVEX_PIN_PROMPT. A non-zero exit, a timeout "
+        "or empty output leaves the store degraded until SIGHUP.",
+        examples=[["/usr/local/bin/token-pin", "ci"]],
+    )
+    pin_prompt: bool | None = Field(
+        default=None,
+        description="true = ask $SSH_ASKPASS for the PIN when the token first needs it "
+        "(prompt 'Enter PIN for token ...'), kept in memory only; cancelled or timed out = "
+        "store degraded until SIGHUP, which asks again.",
+        examples=[True],
+    )
+    pin_timeout_ms: int = Field(
+        default=60000,
+        ge=1,
+        description="How long pin_command or the pin_prompt may take.",
+        examples=[120000],
     )
 
     @field_validator("module")
@@ -636,7 +657,29 @@ class Pkcs11Store(_Section):
     def _selectors(self) -> Self:
         _at_most_one(self, "token_label", "token_serial", "slot", what="they pick the token")
         _at_most_one(self, "pin_env", "pin_file")
+        _at_most_one(
+            self, "pin_env", "pin_file", "pin_command", "pin_prompt", what="one PIN source"
+        )
         return self
+
+    @field_validator("pin_prompt")
+    @classmethod
+    def _prompt_off_is_unset(cls, value: bool | None) -> bool | None:
+        return value or None  # false = no prompt, same as leaving it out
+
+    @field_validator("pin_command")
+    @classmethod
+    def _pin_program(cls, value: list[str] | None) -> list[str] | None:
+        if not value:
+            return None
+        program = _expand_absolute(value[0], "the PIN program (pin_command[0])")
+        if host_checks_enabled() and not (program.is_file() and os.access(program, os.X_OK)):
+            _fail(
+                "program_missing",
+                f"PIN program {str(program)!r} is not an executable file (or use "
+                "--no-path-checks to validate for another machine)",
+            )
+        return [str(program), *value[1:]]
 
 
 class UpstreamStore(_Section):

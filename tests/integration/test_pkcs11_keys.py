@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from secretivex.stores.base import SignError
-from secretivex.stores.pkcs11_keys import (
+from secretivex.stores.pkcs11.mechanisms import (
     CKK_EC,
     CKK_EC_EDWARDS,
     CKK_RSA,

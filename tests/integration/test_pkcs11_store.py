@@ -36,6 +36,7 @@ from secretivex.stores.pkcs11 import (
     DEFAULT_ALLOWLIST,
     WRONG_PIN,
     Pkcs11Store,
+    TokenState,
     module_allowed,
     open_smartcard,
     same_module,
@@ -429,6 +430,9 @@ async def test_wrong_pin_degrades_once_and_never_retries(
         assert health.detail["login"] == "failed"
         assert health.detail["login_attempts"] == 1
         assert health.detail["retry_in_s"] is None
+        assert bad.token_state is TokenState.PIN_BLOCKED and bad.fault == WRONG_PIN
+        assert health.detail["token_state"] == "pin_blocked"
+        assert good.token_state is TokenState.READY and good.fault is None
         assert await bad.identities() == ()
         assert wrong.calls == 1
         async with maintained(bad), maintained(good):
@@ -445,6 +449,7 @@ async def test_wrong_pin_degrades_once_and_never_retries(
         wrong.pin = bad_token.pin  # the admin fixes the PIN and sends SIGHUP
         await bad.reload()
         assert bad.health().state is StoreState.OK
+        assert bad.token_state is TokenState.READY
         assert bad.health().detail["login_attempts"] == 2
         assert len(await bad.identities()) == 2
 
@@ -620,7 +625,7 @@ async def test_open_smartcard_allowed(
         listed = await card.identities()
         assert {i.comment for i in listed} >= {k[2] for k in KEYS}
         assert "other-token-key" not in {i.comment for i in listed}
-        assert same_module(card, hsm.module) and card.matches_module(hsm.module)
+        assert same_module(card, hsm.module)
         assert card.module == os.path.realpath(hsm.module)
         health = card.health()
         assert health.state is StoreState.OK and health.kind == "pkcs11"
@@ -655,7 +660,7 @@ async def test_open_smartcard_refused(hsm: SoftHsm, token: Token, tmp_path: Path
         await open_smartcard(str(link), token.pin, [f"{tmp_path}/*"])
     card = await open_smartcard(str(link), token.pin, DEFAULT_ALLOWLIST)
     try:
-        assert card.matches_module(hsm.module)
+        assert same_module(card, hsm.module)
         assert same_module(card, link)
     finally:
         await card.aclose()

@@ -21,9 +21,9 @@ try:
 except ImportError:  # tests/ is not a package: pytest put this directory on sys.path
     from softhsm import SoftHsm, require_softhsm  # type: ignore[no-redef]
 
-from secretivex.stores import pkcs11_worker
 from secretivex.stores.pkcs11 import Pkcs11Store
-from secretivex.stores.pkcs11_worker import ModuleWorker
+from secretivex.stores.pkcs11 import worker as pkcs11_worker
+from secretivex.stores.pkcs11.worker import ModuleWorker
 
 ANYIO_WORKER = "AnyIO worker thread"
 

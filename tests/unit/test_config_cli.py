@@ -224,6 +224,9 @@ def test_show_yaml_is_the_effective_config(system: ConfigPaths, tmp_path: Path) 
             "slot": None,
             "pin_env": "SECRETIVEX_PKCS11_PIN",
             "pin_file": None,
+            "pin_command": None,
+            "pin_prompt": None,
+            "pin_timeout_ms": 60000,
         }
     ]
     assert data["listeners"][0]["mode"] == "0660"

@@ -162,7 +162,6 @@ class ModuleWorker:
         self.lookups = 0
         #: slot id -> how many sessions of this process are logged in to that token
         self.logins: dict[int, int] = {}
-        self._users = 0
         #: one lane per event loop (in practice: one, the agent's)
         self._lanes: dict[Hashable, _Lane] = {}
         self._lanes_lock = threading.Lock()
@@ -174,24 +173,18 @@ class ModuleWorker:
     # ------------------------------------------------------------ sharing
 
     @classmethod
-    def acquire(cls, path: str) -> ModuleWorker:
-        """The worker for ``path`` (a realpath), created on first use."""
+    def of(cls, path: str) -> ModuleWorker:
+        """The worker for ``path`` (a realpath), created on first use.
+
+        Workers (and their loaded modules) stay for the life of the process: python-
+        pkcs11 caches the module per path, and unloading a module other code may still
+        hold is unsafe. A worker holds no thread; an idle one costs nothing.
+        """
         with cls._registry_lock:
             worker = cls._registry.get(path)
             if worker is None:
                 worker = cls._registry[path] = ModuleWorker(path)
-            worker._users += 1
             return worker
-
-    def release(self) -> None:
-        """Drop one user.
-
-        The worker (and the loaded module) stay for the life of the process: python-
-        pkcs11 caches the module per path and unloading a module other code may still
-        hold is unsafe. A worker holds no thread; an idle one costs nothing.
-        """
-        with self._registry_lock:
-            self._users -= 1
 
     # ------------------------------------------------------------ inside a job
 
