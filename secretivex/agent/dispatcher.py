@@ -23,6 +23,7 @@ from secretivex.agent.audit import AuditLog
 from secretivex.agent.listeners import ListenerSpec
 from secretivex.agent.lock import AgentLock, EmptyPassphrase, UnlockBusy
 from secretivex.keys import KeyLoadError, key_from_wire, verify_signature
+from secretivex.keys.identity import Identity, SigningError, fingerprint_sha256
 from secretivex.metrics import MetricsRecorder
 from secretivex.policy import confirm as confirm_outcomes
 from secretivex.policy.confirm import ConfirmRequest, confirm_unless_hangup
@@ -34,16 +35,13 @@ from secretivex.policy.destination import (
 )
 from secretivex.policy.engine import Policy
 from secretivex.policy.peer import PeerCredentials, executable, process_chain
-from secretivex.stores.base import Identity, KeyStore, StoreError, fingerprint_sha256
+from secretivex.stores.base import KeyStore, StoreError
 from secretivex.stores.memory import OriginConflict, StoreFull
 from secretivex.stores.registry import StoreRegistry
 
 log = logging.getLogger(__name__)
 
-HEALTH_EXTENSION = "health@secretivex"
-SESSION_BIND_EXTENSION = "session-bind@openssh.com"
-QUERY_EXTENSION = "query"
-SUPPORTED_EXTENSIONS = (QUERY_EXTENSION, SESSION_BIND_EXTENSION, HEALTH_EXTENSION)
+SUPPORTED_EXTENSIONS = (protocol.EXT_QUERY, protocol.EXT_SESSION_BIND, protocol.EXT_HEALTH)
 MAX_BINDINGS = 16  # per connection, as OpenSSH
 LISTING_WARNING_INTERVAL_S = 10.0
 
@@ -328,7 +326,7 @@ class Dispatcher:
                         )
                         return signature
                     return await store.sign(ident.blob, req.data, req.flags)
-                except StoreError as exc:
+                except (StoreError, SigningError) as exc:
                     raise _with_fp(Outcome("sign_error", str(exc)), ident) from None
         assert scope.cancelled_caught
         raise _with_fp(Outcome("timeout"), ident)
@@ -528,14 +526,14 @@ class Dispatcher:
     # -- extensions -------------------------------------------------------------------
 
     async def extension(self, ctx: ConnectionContext, req: protocol.Extension) -> bytes:
-        if req.name == QUERY_EXTENSION:
+        if req.name == protocol.EXT_QUERY:
             return _extension_reply(
-                QUERY_EXTENSION, protocol.encode_query_reply(SUPPORTED_EXTENSIONS)
+                protocol.EXT_QUERY, protocol.encode_query_reply(SUPPORTED_EXTENSIONS)
             )
-        if req.name == SESSION_BIND_EXTENSION:
+        if req.name == protocol.EXT_SESSION_BIND:
             return await self._session_bind(ctx, req)
-        if req.name == HEALTH_EXTENSION:
-            return _extension_reply(HEALTH_EXTENSION, await self._health_json(ctx))
+        if req.name == protocol.EXT_HEALTH:
+            return _extension_reply(protocol.EXT_HEALTH, await self._health_json(ctx))
         raise Outcome("ext_failure", f"unsupported extension {req.name[:64]!r}")
 
     async def _session_bind(self, ctx: ConnectionContext, req: protocol.Extension) -> bytes:

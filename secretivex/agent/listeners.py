@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from secretivex.keys.identity import Identity
 from secretivex.policy.engine import KeyMatcher, any_match
 from secretivex.policy.peer import PeerCredentials
-from secretivex.stores.base import Identity
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,14 @@ from pathlib import Path
 import anyio
 
 from secretivex.keys import KeyLoadError, SoftwareKey, load_private_key_file, looks_like_private_key
-from secretivex.stores.base import Identity, KeyStore, SignError, StoreHealth, StoreState
+from secretivex.stores.base import (
+    Identity,
+    KeyStore,
+    SignError,
+    StoreHealth,
+    StoreState,
+    sign_locally,
+)
 from secretivex.stores.secrets import warn_if_exposed
 
 log = logging.getLogger(__name__)
@@ -161,7 +168,7 @@ class FileStore(KeyStore):
         key = self._keys.get(blob)
         if key is None:
             raise SignError("key not in file store")
-        return key.sign(data, flags)
+        return sign_locally(key, data, flags)
 
     def health(self) -> StoreHealth:
         return StoreHealth(
