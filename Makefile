@@ -21,7 +21,7 @@ help:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev,testing,plot]'
+	$(BIN)/pip install --quiet -e '.[test,dev,testing,plot,bench]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -22,6 +22,7 @@ from secretivex import __version__, protocol
 from secretivex.agent.audit import AuditLog
 from secretivex.agent.listeners import ListenerSpec
 from secretivex.agent.lock import AgentLock, EmptyPassphrase, UnlockBusy
+from secretivex.defaults import PKCS11_ALLOWLIST
 from secretivex.keys import KeyLoadError, key_from_wire, verify_signature
 from secretivex.keys.identity import Identity, SigningError, fingerprint_sha256
 from secretivex.metrics import MetricsRecorder
@@ -71,7 +72,9 @@ class Limits:
     long a request may wait (queue + sign) before it fails."""
 
     def __init__(self, max_signers: int, sign_timeout_ms: int) -> None:
-        self.signers = anyio.Semaphore(max(1, max_signers))
+        self.max_signers = max(1, max_signers)
+        self.sign_timeout_ms = sign_timeout_ms
+        self.signers = anyio.Semaphore(self.max_signers)
         self.sign_timeout_s = sign_timeout_ms / 1000 if sign_timeout_ms > 0 else None
         #: Worker threads for in-memory keys too slow to sign on the event loop.
         self.sign_threads = anyio.CapacityLimiter(max(1, max_signers))
@@ -101,7 +104,7 @@ class Dispatcher:
         limits: Limits,
         *,
         allow_add: bool = True,
-        pkcs11_allowlist: tuple[str, ...] = ("/usr/lib*/*", "/usr/local/lib*/*"),
+        pkcs11_allowlist: tuple[str, ...] = PKCS11_ALLOWLIST,
         metrics: MetricsRecorder | None = None,
         audit: AuditLog | None = None,
         health: Callable[[], dict[str, Any]] | None = None,

@@ -37,6 +37,7 @@ import anyio
 from pkcs11 import Attribute, Mechanism, ObjectClass, TokenFlag
 from pkcs11 import exceptions as p11e
 
+from secretivex.config.runtime import Pkcs11StoreSettings
 from secretivex.stores.base import (
     Identity,
     KeyStore,
@@ -71,7 +72,7 @@ __all__ = [
 
 #: Modules ``ssh-add -s`` may load when ``agent.pkcs11_allowlist`` is not set
 #: (OpenSSH's ``ssh-agent -P`` default).
-DEFAULT_ALLOWLIST: tuple[str, ...] = ("/usr/lib*/*", "/usr/local/lib*/*")
+from secretivex.defaults import PKCS11_ALLOWLIST as DEFAULT_ALLOWLIST  # noqa: E402
 
 #: Returns the user PIN, or None for "do not log in". May raise ``StoreError`` (e.g.
 #: an unset environment variable); that is reported and retried, never a login.
@@ -311,23 +312,19 @@ class Pkcs11Store(KeyStore):
         self._closed = False  # aclose() was called: maintain() returns
 
     @classmethod
-    def from_config(cls, cfg: Any, *, name: str | None = None) -> Pkcs11Store:
-        """Build from a ``type: pkcs11`` config section (duck-typed: ``module``,
-        ``token_label``/``token_serial``/``slot``, ``pin_env``/``pin_file``, ``name``)."""
+    def from_config(cls, settings: Pkcs11StoreSettings) -> Pkcs11Store:
+        """Build from the typed settings of a ``type: pkcs11`` store."""
         pin: PinSource | None = None
-        pin_env = getattr(cfg, "pin_env", None)
-        pin_file = getattr(cfg, "pin_file", None)
-        if pin_env:
-            pin = pin_from_env(str(pin_env))
-        elif pin_file:
-            pin = pin_from_file(os.fspath(pin_file))
-        serial = getattr(cfg, "token_serial", None)
+        if settings.pin_env:
+            pin = pin_from_env(settings.pin_env)
+        elif settings.pin_file is not None:
+            pin = pin_from_file(settings.pin_file)
         return cls(
-            name or getattr(cfg, "name", None) or "pkcs11",
-            os.fspath(cfg.module),
-            token_label=getattr(cfg, "token_label", None),
-            token_serial=None if serial is None else str(serial),
-            slot=getattr(cfg, "slot", None),
+            settings.name,
+            os.fspath(settings.module),
+            token_label=settings.token_label,
+            token_serial=settings.token_serial,
+            slot=settings.slot,
             pin=pin,
         )
 
