@@ -14,26 +14,16 @@ import os
 import signal
 import socket
 import stat
-import time
 from pathlib import Path
 
 import pytest
-from harness import keygen, require_tool, running_agent
+from harness import keygen, require_tool, running_agent, wait_until
 
 from secretivex.client import AgentFailure, SyncAgentClient
 
 pytestmark = pytest.mark.openssh
 
 LIST_REQUEST = b"\x00\x00\x00\x01\x0b"  # SSH_AGENTC_REQUEST_IDENTITIES
-
-
-def _wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _answering(path: Path) -> socket.socket | None:
@@ -88,14 +78,14 @@ def _settle(agent, served: int = 0) -> None:  # type: ignore[no-untyped-def]
         with SyncAgentClient.connect(str(agent.socket)) as client:
             return (client.health() or {}).get("connections") == 1 + served
 
-    assert _wait_for(quiet)
+    assert wait_until(quiet)
 
 
 def _reload(agent, config: Path, text: str) -> None:  # type: ignore[no-untyped-def]
     before = agent.log().count("configuration reloaded")
     config.write_text(text)
     agent.signal(signal.SIGHUP)
-    assert _wait_for(lambda: agent.log().count("configuration reloaded") > before), agent.log()
+    assert wait_until(lambda: agent.log().count("configuration reloaded") > before), agent.log()
 
 
 def test_sighup_applies_every_runtime_setting(tmp_path: Path) -> None:
@@ -146,7 +136,7 @@ def test_sighup_applies_every_runtime_setting(tmp_path: Path) -> None:
         assert not audit.exists() and not metrics.exists()
         # The default allowlist admits /usr/lib/*: this file (not a module) fails later.
         agent.ssh_add("-s", "/usr/lib/os-release", check=False, extra_env=env)
-        assert _wait_for(lambda: "ssh-add -s /usr/lib/os-release" in agent.log())
+        assert wait_until(lambda: "ssh-add -s /usr/lib/os-release" in agent.log())
         assert "/usr/lib/os-release not in pkcs11_allowlist" not in agent.log()
 
         after = (
@@ -195,11 +185,11 @@ def test_sighup_applies_every_runtime_setting(tmp_path: Path) -> None:
         agent.ssh_add(str(added[0]))
         refused = agent.ssh_add(str(added[1]), check=False)
         assert refused.returncode != 0
-        assert _wait_for(lambda: "added0" not in agent.ssh_add("-l", check=False).stdout, 15)
+        assert wait_until(lambda: "added0" not in agent.ssh_add("-l", check=False).stdout, 15)
         # agent.pkcs11_allowlist: a module outside the new list is refused by name.
         agent.ssh_add("-s", "/usr/lib/os-release", check=False, extra_env=env)
         refusal = "/usr/lib/os-release not in pkcs11_allowlist"
-        assert _wait_for(lambda: refusal in agent.log()), agent.log()
+        assert wait_until(lambda: refusal in agent.log()), agent.log()
         # max_signers / sign_timeout_ms / per-uid: from the objects that enforce them.
         with SyncAgentClient.connect(str(agent.socket)) as client:
             limits = (client.health() or {})["limits"]
@@ -215,8 +205,8 @@ def test_sighup_applies_every_runtime_setting(tmp_path: Path) -> None:
         with SyncAgentClient.connect(str(agent.socket)) as client, pytest.raises(AgentFailure):
             client.sign(blob, b"denied by the hook")
         # audit.path and metrics.path: written by the running agent after the reload.
-        assert _wait_for(lambda: audit.exists() and "confirm_denied" in audit.read_text())
-        assert _wait_for(lambda: metrics.exists() and metrics.stat().st_size > 0)
+        assert wait_until(lambda: audit.exists() and "confirm_denied" in audit.read_text())
+        assert wait_until(lambda: metrics.exists() and metrics.stat().st_size > 0)
         # allow_add / allow_lock on the main socket.
         _reload(
             agent,
