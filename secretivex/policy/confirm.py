@@ -20,14 +20,16 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import Process
 
+from secretivex.outcomes import ConfirmOutcome
+
 log = logging.getLogger(__name__)
 
-ALLOW = "allow"
-DENY = "deny"
-TIMEOUT = "timeout"
-ERROR = "error"
-CACHE_HIT = "cache_hit"
-HANGUP = "hangup"  # the client went away while its confirmation was pending
+ALLOW = ConfirmOutcome.ALLOW
+DENY = ConfirmOutcome.DENY
+TIMEOUT = ConfirmOutcome.TIMEOUT
+ERROR = ConfirmOutcome.ERROR
+CACHE_HIT = ConfirmOutcome.CACHE_HIT
+HANGUP = ConfirmOutcome.HANGUP
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +92,7 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 class Verdict:
     """A confirmation's outcome (``ALLOW``, ``DENY``...) and, when not allowed, why."""
 
-    outcome: str
+    outcome: ConfirmOutcome
     reason: str = ""
 
 

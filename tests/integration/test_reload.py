@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from harness import keygen, require_tool, running_agent, wait_until
 
-from secretivex.client import AgentFailure, SyncAgentClient
+from secretivex.client import AgentError, AgentFailure, SyncAgentClient
 
 pytestmark = pytest.mark.openssh
 
@@ -75,10 +75,13 @@ def _settle(agent, served: int = 0) -> None:  # type: ignore[no-untyped-def]
     """Wait until the agent counts only the connection that asks (closes are async)."""
 
     def quiet() -> bool:
-        with SyncAgentClient.connect(str(agent.socket)) as client:
-            return (client.health() or {}).get("connections") == 1 + served
+        try:
+            with SyncAgentClient.connect(str(agent.socket)) as client:
+                return (client.health() or {}).get("connections") == 1 + served
+        except AgentError:  # refused: the slots are not free yet
+            return False
 
-    assert wait_until(quiet)
+    assert wait_until(quiet), agent.log()
 
 
 def _reload(agent, config: Path, text: str) -> None:  # type: ignore[no-untyped-def]
