@@ -188,17 +188,12 @@ def _key_specs(keys: Sequence[str]) -> list[str]:
 
 
 def _count_private_keys(directory: Path) -> int:
-    from secretivex.keys import looks_like_private_key
-    from secretivex.stores.file import SKIPPED_NAMES
+    from secretivex.keys.files import looks_like_private_key, may_be_key_file
 
     return sum(
         1
         for child in directory.iterdir()
-        if child.name not in SKIPPED_NAMES
-        and not child.name.endswith(".pub")
-        and not child.name.startswith(".")
-        and child.is_file()
-        and looks_like_private_key(child)
+        if may_be_key_file(child) and child.is_file() and looks_like_private_key(child)
     )
 
 
