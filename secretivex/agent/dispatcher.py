@@ -23,7 +23,7 @@ from secretivex.agent.audit import AuditLog
 from secretivex.agent.listeners import ListenerSpec
 from secretivex.agent.lock import AgentLock, EmptyPassphrase, UnlockBusy
 from secretivex.defaults import PKCS11_ALLOWLIST
-from secretivex.keys import KeyLoadError, key_from_wire, verify_signature
+from secretivex.keys import KeyLoadError, SoftwareKey, key_from_wire, verify_signature
 from secretivex.keys.identity import Identity, SigningError, fingerprint_sha256
 from secretivex.metrics import MetricsRecorder
 from secretivex.outcomes import RequestKind, RequestOutcome
@@ -36,7 +36,7 @@ from secretivex.policy.destination import (
 )
 from secretivex.policy.engine import Policy
 from secretivex.policy.peer import PeerCredentials, executable, process_chain
-from secretivex.stores.base import KeyStore, StoreError
+from secretivex.stores.base import KeyStore, StoreError, StoreHealth
 from secretivex.stores.memory import OriginConflict, StoreFull
 from secretivex.stores.registry import StoreRegistry
 
@@ -307,7 +307,7 @@ class Dispatcher:
         if self.policy.needs_confirm(ident):
             await self._confirm(ctx, ident, req, destination)
         key = store.local_key(ident.blob)
-        if key is not None and getattr(key, "sign_inline", True):
+        if key is not None and key.sign_inline:
             # Software key: tens of microseconds, signed inline (no queue, no thread hop).
             try:
                 signature: bytes = key.sign(req.data, req.flags)
@@ -320,7 +320,11 @@ class Dispatcher:
         return protocol.encode_sign_response(signature)
 
     async def _sign_slow(
-        self, store: KeyStore, ident: Identity, req: protocol.SignRequest, key: Any = None
+        self,
+        store: KeyStore,
+        ident: Identity,
+        req: protocol.SignRequest,
+        key: SoftwareKey | None = None,
     ) -> bytes:
         queued = time.perf_counter_ns()
         # A store that bounds its own concurrency (an upstream agent that may hang) must
@@ -610,7 +614,7 @@ class Dispatcher:
         return orjson.dumps(doc, default=str)
 
 
-def _store_health(h: Any) -> dict[str, Any]:
+def _store_health(h: StoreHealth) -> dict[str, Any]:
     return {
         "name": h.name,
         "kind": h.kind,

@@ -99,7 +99,7 @@ class KeyStore(abc.ABC):
         await self.aclose()
         await self.open()
 
-    def local_key(self, blob: bytes) -> Any:
+    def local_key(self, blob: bytes) -> SoftwareKey | None:
         """An in-process key object with a sync ``sign(data, flags)``, if this store has one.
 
         Lets the dispatcher sign software keys inline without an await (the hot path).
