@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run    - install into $(VENV) (runtime deps only) and run the agent on its zero-config default"
 	@echo "make test   - install system packages + test deps and run the whole suite"
-	@echo "make lint   - ruff check, ruff format --check, mypy --strict, shellcheck"
+	@echo "make lint   - ruff check, ruff format --check, mypy --strict, import contracts, shellcheck"
 	@echo "make image  - build the container images (secretivex:dev, secretivex:softhsm)"
 	@echo "make bench  - full side-by-side comparison with OpenSSH's ssh-agent (~7 min)"
 	@echo "make gates  - short smoke/SLO/reconnect/soak gates and comparison"
@@ -21,7 +21,7 @@ help:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev,testing,plot]'
+	$(BIN)/pip install --quiet -e '.[test,dev,testing,plot,bench]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -51,6 +51,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check secretivex tests
 	$(BIN)/ruff format --check secretivex tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	shellcheck ci/*.sh .ci/run docker/*.sh
 
 format: $(STAMP)

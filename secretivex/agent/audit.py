@@ -30,9 +30,11 @@ from typing import Any
 
 import orjson
 
+from secretivex.outcomes import RequestOutcome
+
 log = logging.getLogger(__name__)
 
-PEER_DENIED = "peer_denied"
+PEER_DENIED = RequestOutcome.PEER_DENIED.value
 
 
 class AuditPathError(Exception):

@@ -15,6 +15,7 @@ import anyio.lowlevel
 from anyio.abc import SocketAttribute, SocketStream
 
 from secretivex import protocol
+from secretivex.agent.audit import PEER_DENIED
 from secretivex.agent.dispatcher import ConnectionContext, Dispatcher
 from secretivex.agent.limits import ConnectionTracker
 from secretivex.agent.listeners import ListenerSpec
@@ -60,19 +61,19 @@ async def serve_connection(
         tracker.next_id += 1
         ctx = ConnectionContext(listener=listener, peer=peer, conn_id=tracker.next_id, sock=raw)
         if not listener.admits(peer):
-            metrics.on_connection_rejected("peer_denied")
+            metrics.on_connection_rejected(PEER_DENIED)
             dispatcher.audit.record(
                 socket=str(listener.path),
                 listener=listener.name,
                 request="connect",
-                outcome="peer_denied",
+                outcome=PEER_DENIED,
                 peer_uid=peer.uid,
                 peer_gid=peer.gid,
                 peer_pid=peer.pid,
                 peer_exe=ctx.provenance()[0],
             )
             refusals.warning(
-                "peer_denied",
+                PEER_DENIED,
                 "refused peer uid=%d gid=%d pid=%d on %s",
                 peer.uid,
                 peer.gid,

@@ -22,9 +22,11 @@ from secretivex import __version__, protocol
 from secretivex.agent.audit import AuditLog
 from secretivex.agent.listeners import ListenerSpec
 from secretivex.agent.lock import AgentLock, EmptyPassphrase, UnlockBusy
-from secretivex.keys import KeyLoadError, key_from_wire, verify_signature
+from secretivex.defaults import PKCS11_ALLOWLIST
+from secretivex.keys import KeyLoadError, SoftwareKey, key_from_wire, verify_signature
+from secretivex.keys.identity import Identity, SigningError, fingerprint_sha256
 from secretivex.metrics import MetricsRecorder
-from secretivex.policy import confirm as confirm_outcomes
+from secretivex.outcomes import RequestKind, RequestOutcome
 from secretivex.policy.confirm import ConfirmRequest, confirm_unless_hangup
 from secretivex.policy.destination import (
     DestinationCheck,
@@ -34,16 +36,13 @@ from secretivex.policy.destination import (
 )
 from secretivex.policy.engine import Policy
 from secretivex.policy.peer import PeerCredentials, executable, process_chain
-from secretivex.stores.base import Identity, KeyStore, StoreError, fingerprint_sha256
+from secretivex.stores.base import KeyStore, StoreError, StoreHealth
 from secretivex.stores.memory import OriginConflict, StoreFull
 from secretivex.stores.registry import StoreRegistry
 
 log = logging.getLogger(__name__)
 
-HEALTH_EXTENSION = "health@secretivex"
-SESSION_BIND_EXTENSION = "session-bind@openssh.com"
-QUERY_EXTENSION = "query"
-SUPPORTED_EXTENSIONS = (QUERY_EXTENSION, SESSION_BIND_EXTENSION, HEALTH_EXTENSION)
+SUPPORTED_EXTENSIONS = (protocol.EXT_QUERY, protocol.EXT_SESSION_BIND, protocol.EXT_HEALTH)
 MAX_BINDINGS = 16  # per connection, as OpenSSH
 LISTING_WARNING_INTERVAL_S = 10.0
 
@@ -73,7 +72,9 @@ class Limits:
     long a request may wait (queue + sign) before it fails."""
 
     def __init__(self, max_signers: int, sign_timeout_ms: int) -> None:
-        self.signers = anyio.Semaphore(max(1, max_signers))
+        self.max_signers = max(1, max_signers)
+        self.sign_timeout_ms = sign_timeout_ms
+        self.signers = anyio.Semaphore(self.max_signers)
         self.sign_timeout_s = sign_timeout_ms / 1000 if sign_timeout_ms > 0 else None
         #: Worker threads for in-memory keys too slow to sign on the event loop.
         self.sign_threads = anyio.CapacityLimiter(max(1, max_signers))
@@ -83,13 +84,20 @@ class Limits:
         self.check_threads = anyio.CapacityLimiter(2)
 
 
-class Outcome(Exception):
-    """Raised inside a handler to end the request with a failure reply and an outcome code."""
+class Refused(Exception):
+    """Raised inside a handler to end the request with a failure reply.
 
-    def __init__(self, outcome: str, detail: str = "") -> None:
-        super().__init__(detail or outcome)
+    Carries the outcome code, a detail for the audit log and, when the request named a
+    key the agent holds, that key's fingerprint.
+    """
+
+    def __init__(
+        self, outcome: RequestOutcome, detail: str = "", *, key: Identity | None = None
+    ) -> None:
+        super().__init__(detail or outcome.value)
         self.outcome = outcome
         self.detail = detail
+        self.fingerprint = "" if key is None else key.fingerprint
 
 
 Handler = Callable[[ConnectionContext, Any], Awaitable[bytes]]
@@ -103,7 +111,7 @@ class Dispatcher:
         limits: Limits,
         *,
         allow_add: bool = True,
-        pkcs11_allowlist: tuple[str, ...] = ("/usr/lib*/*", "/usr/local/lib*/*"),
+        pkcs11_allowlist: tuple[str, ...] = PKCS11_ALLOWLIST,
         metrics: MetricsRecorder | None = None,
         audit: AuditLog | None = None,
         health: Callable[[], dict[str, Any]] | None = None,
@@ -126,17 +134,17 @@ class Dispatcher:
         self._listing_frames: dict[int, tuple[tuple[Identity, ...], bytes]] = {}
         self._truncation_warned_at = -math.inf
         self._constrained_memo: tuple[tuple[Identity, ...] | None, bool] = (None, False)
-        self._handlers: dict[type, tuple[str, Handler]] = {
-            protocol.RequestIdentities: ("list", self.request_identities),
-            protocol.SignRequest: ("sign", self.sign),
-            protocol.AddIdentity: ("add", self.add_identity),
-            protocol.RemoveIdentity: ("remove", self.remove_identity),
-            protocol.RemoveAllIdentities: ("remove_all", self.remove_all),
-            protocol.AddSmartcardKey: ("add_smartcard", self.add_smartcard),
-            protocol.RemoveSmartcardKey: ("remove_smartcard", self.remove_smartcard),
-            protocol.Lock: ("lock", self.lock_agent),
-            protocol.Unlock: ("unlock", self.unlock_agent),
-            protocol.Extension: ("extension", self.extension),
+        self._handlers: dict[type, tuple[RequestKind, Handler]] = {
+            protocol.RequestIdentities: (RequestKind.LIST, self.request_identities),
+            protocol.SignRequest: (RequestKind.SIGN, self.sign),
+            protocol.AddIdentity: (RequestKind.ADD, self.add_identity),
+            protocol.RemoveIdentity: (RequestKind.REMOVE, self.remove_identity),
+            protocol.RemoveAllIdentities: (RequestKind.REMOVE_ALL, self.remove_all),
+            protocol.AddSmartcardKey: (RequestKind.ADD_SMARTCARD, self.add_smartcard),
+            protocol.RemoveSmartcardKey: (RequestKind.REMOVE_SMARTCARD, self.remove_smartcard),
+            protocol.Lock: (RequestKind.LOCK, self.lock_agent),
+            protocol.Unlock: (RequestKind.UNLOCK, self.unlock_agent),
+            protocol.Extension: (RequestKind.EXTENSION, self.extension),
         }
 
     # -- entry point ------------------------------------------------------------------
@@ -147,50 +155,52 @@ class Dispatcher:
         try:
             request = protocol.parse_request(payload)
         except protocol.ProtocolError as exc:
-            self._observe(ctx, "malformed", "bad_request", start, detail=str(exc))
+            self._observe(
+                ctx, RequestKind.MALFORMED, RequestOutcome.BAD_REQUEST, start, detail=str(exc)
+            )
             return FAILURE
         entry = self._handlers.get(type(request))
         if entry is None:
-            self._observe(ctx, "unknown", "unsupported", start)
+            self._observe(ctx, RequestKind.UNKNOWN, RequestOutcome.UNSUPPORTED, start)
             return FAILURE
         kind, handler = entry
-        if self.lock.locked and kind not in ("unlock", "list"):
-            self._observe(ctx, kind, "locked", start)
+        if self.lock.locked and kind not in (RequestKind.UNLOCK, RequestKind.LIST):
+            self._observe(ctx, kind, RequestOutcome.LOCKED, start)
             return FAILURE
-        fingerprint = ""
         try:
             reply = await handler(ctx, request)
-        except Outcome as exc:
-            fingerprint = getattr(exc, "fingerprint", "")
-            self._observe(ctx, kind, exc.outcome, start, fingerprint, exc.detail)
-            return protocol.EXTENSION_FAILURE_FRAME if exc.outcome == "ext_failure" else FAILURE
+        except Refused as exc:
+            self._observe(ctx, kind, exc.outcome, start, exc.fingerprint, exc.detail)
+            if exc.outcome is RequestOutcome.EXT_FAILURE:
+                return protocol.EXTENSION_FAILURE_FRAME
+            return FAILURE
         except Exception:
             log.exception("internal error handling %s", kind)
-            self._observe(ctx, kind, "internal_error", start)
+            self._observe(ctx, kind, RequestOutcome.INTERNAL_ERROR, start)
             return FAILURE
-        self._observe(ctx, kind, "ok", start, request=request)
+        self._observe(ctx, kind, RequestOutcome.OK, start, request=request)
         return reply
 
     def _observe(
         self,
         ctx: ConnectionContext,
-        kind: str,
-        outcome: str,
+        kind: RequestKind,
+        outcome: RequestOutcome,
         start_ns: int,
         fingerprint: str = "",
         detail: str = "",
         request: Any = None,
     ) -> None:
         latency = time.perf_counter_ns() - start_ns
-        self.metrics.on_request(kind, outcome, latency)
+        self.metrics.on_request(kind.value, outcome.value, latency)
         if self.audit.enabled:
             if not fingerprint and request is not None:
                 fingerprint = _request_fingerprint(request)
             record: dict[str, Any] = {
                 "socket": str(ctx.listener.path),
                 "listener": ctx.listener.name,
-                "request": kind,
-                "outcome": outcome,
+                "request": kind.value,
+                "outcome": outcome.value,
                 "latency_us": latency // 1000,
                 "peer_uid": ctx.peer.uid,
                 "peer_gid": ctx.peer.gid,
@@ -282,27 +292,27 @@ class Dispatcher:
     async def sign(self, ctx: ConnectionContext, req: protocol.SignRequest) -> bytes:
         found = await self.registry.owner(req.key_blob)
         if found is None:
-            raise Outcome("not_found")
+            raise Refused(RequestOutcome.NOT_FOUND)
         store, ident = found
         if not ctx.listener.sees(ident):
-            raise _with_fp(Outcome("scope_denied"), ident)
+            raise Refused(RequestOutcome.SCOPE_DENIED, key=ident)
         if not self.policy.permits(ident):
-            raise _with_fp(Outcome("policy_denied"), ident)
+            raise Refused(RequestOutcome.POLICY_DENIED, key=ident)
         destination = ""
         if ident.constraints:
             verdict: DestinationCheck = check_destination(ident, ctx.bindings, req.data)
             if not verdict.allowed:
-                raise _with_fp(Outcome("destination_denied", verdict.reason), ident)
+                raise Refused(RequestOutcome.DESTINATION_DENIED, verdict.reason, key=ident)
             destination = verdict.destination
         if self.policy.needs_confirm(ident):
             await self._confirm(ctx, ident, req, destination)
         key = store.local_key(ident.blob)
-        if key is not None and getattr(key, "sign_inline", True):
+        if key is not None and key.sign_inline:
             # Software key: tens of microseconds, signed inline (no queue, no thread hop).
             try:
                 signature: bytes = key.sign(req.data, req.flags)
             except Exception as exc:
-                raise _with_fp(Outcome("sign_error", str(exc)), ident) from None
+                raise Refused(RequestOutcome.SIGN_ERROR, str(exc), key=ident) from None
             self.metrics.on_queue_wait(0)
         else:
             signature = await self._sign_slow(store, ident, req, key)
@@ -310,7 +320,11 @@ class Dispatcher:
         return protocol.encode_sign_response(signature)
 
     async def _sign_slow(
-        self, store: KeyStore, ident: Identity, req: protocol.SignRequest, key: Any = None
+        self,
+        store: KeyStore,
+        ident: Identity,
+        req: protocol.SignRequest,
+        key: SoftwareKey | None = None,
     ) -> bytes:
         queued = time.perf_counter_ns()
         # A store that bounds its own concurrency (an upstream agent that may hang) must
@@ -328,10 +342,10 @@ class Dispatcher:
                         )
                         return signature
                     return await store.sign(ident.blob, req.data, req.flags)
-                except StoreError as exc:
-                    raise _with_fp(Outcome("sign_error", str(exc)), ident) from None
+                except (StoreError, SigningError) as exc:
+                    raise Refused(RequestOutcome.SIGN_ERROR, str(exc), key=ident) from None
         assert scope.cancelled_caught
-        raise _with_fp(Outcome("timeout"), ident)
+        raise Refused(RequestOutcome.TIMEOUT, key=ident)
 
     async def _confirm(
         self, ctx: ConnectionContext, ident: Identity, req: protocol.SignRequest, destination: str
@@ -351,28 +365,21 @@ class Dispatcher:
             destination=destination,
         )
         verdict = await confirm_unless_hangup(self.policy.confirm(request), ctx.sock)
-        outcome = verdict.outcome
-        self.metrics.on_confirm(outcome)
-        if outcome in (confirm_outcomes.ALLOW, confirm_outcomes.CACHE_HIT):
-            return
-        code = {
-            confirm_outcomes.TIMEOUT: "confirm_timeout",
-            confirm_outcomes.ERROR: "confirm_error",
-            confirm_outcomes.HANGUP: "confirm_cancelled",
-        }.get(outcome, "confirm_denied")
-        raise _with_fp(Outcome(code, verdict.reason), ident)
+        self.metrics.on_confirm(verdict.outcome.value)
+        if not verdict.outcome.allows:
+            raise Refused(verdict.outcome.request_outcome, verdict.reason, key=ident)
 
     # -- adding and removing ----------------------------------------------------------
 
     def _may_add(self, ctx: ConnectionContext) -> None:
         if not (self.allow_add and ctx.listener.allow_add):
-            raise Outcome("add_refused", "adding keys is disabled on this socket")
+            raise Refused(RequestOutcome.ADD_REFUSED, "adding keys is disabled on this socket")
 
     async def add_identity(self, ctx: ConnectionContext, req: protocol.AddIdentity) -> bytes:
         self._may_add(ctx)
         c = req.constraints
         if c.maxsign is not None:
-            raise Outcome("unsupported", "maxsign constraint (XMSS) is not supported")
+            raise Refused(RequestOutcome.UNSUPPORTED, "maxsign constraint (XMSS) is not supported")
         try:
             # Cheap checks only (no primality tests, RSA capped at 16384 bits), but a
             # certificate's CA signature check releases the GIL: run it off the loop.
@@ -384,11 +391,13 @@ class Dispatcher:
                 limiter=self.limits.check_threads,
             )
         except KeyLoadError as exc:
-            raise Outcome("bad_key", str(exc)) from None
+            raise Refused(RequestOutcome.BAD_KEY, str(exc)) from None
         extra = tuple(e for e in c.extensions if isinstance(e, protocol.DestinationConstraints))
         others = [e for e in c.extensions if not isinstance(e, protocol.DestinationConstraints)]
         if others:
-            raise Outcome("unsupported", f"constraint {type(others[0]).__name__} not supported")
+            raise Refused(
+                RequestOutcome.UNSUPPORTED, f"constraint {type(others[0]).__name__} not supported"
+            )
         ident = self._store_added(ctx, key, req.comment, c, extra)
         log.info(
             "added key %s %s (lifetime=%s confirm=%s destinations=%d)",
@@ -420,9 +429,9 @@ class Dispatcher:
                 origin=ctx.listener.origin,
             )
         except StoreFull as exc:
-            raise Outcome("store_full", str(exc)) from None
+            raise Refused(RequestOutcome.STORE_FULL, str(exc)) from None
         except OriginConflict as exc:
-            raise Outcome("add_refused", str(exc)) from None
+            raise Refused(RequestOutcome.ADD_REFUSED, str(exc)) from None
 
     async def remove_identity(self, ctx: ConnectionContext, req: protocol.RemoveIdentity) -> bytes:
         """Remove one key. The main socket removes any ``ssh-add``ed key; a scoped
@@ -430,12 +439,14 @@ class Dispatcher:
         self._may_add(ctx)
         found = await self.registry.owner(req.key_blob)
         if found is None or not ctx.listener.sees(found[1]):
-            raise Outcome("not_found")
+            raise Refused(RequestOutcome.NOT_FOUND)
         if not self.registry.is_removable(found[0]):
-            raise Outcome("remove_refused", f"key belongs to configured store {found[0].name}")
+            raise Refused(
+                RequestOutcome.REMOVE_REFUSED, f"key belongs to configured store {found[0].name}"
+            )
         origin = None if ctx.listener.is_main else ctx.listener.origin
         if not self.registry.memory.remove(req.key_blob, origin=origin):
-            raise Outcome("remove_refused", "key was not added through this socket")
+            raise Refused(RequestOutcome.REMOVE_REFUSED, "key was not added through this socket")
         return SUCCESS
 
     async def remove_all(self, ctx: ConnectionContext, _: Any) -> bytes:
@@ -454,7 +465,7 @@ class Dispatcher:
 
     def _main_only(self, ctx: ConnectionContext, what: str) -> None:
         if not ctx.listener.is_main:
-            raise Outcome("add_refused", f"{what} only through the main socket")
+            raise Refused(RequestOutcome.ADD_REFUSED, f"{what} only through the main socket")
 
     async def add_smartcard(self, ctx: ConnectionContext, req: protocol.AddSmartcardKey) -> bytes:
         self._may_add(ctx)
@@ -462,16 +473,18 @@ class Dispatcher:
         # is the owner's decision: never through a scoped listener.
         self._main_only(ctx, "PKCS#11 modules may be added")
         if req.constraints.lifetime or req.constraints.confirm or req.constraints.extensions:
-            raise Outcome("unsupported", "constraints on smartcard keys are not supported")
+            raise Refused(
+                RequestOutcome.UNSUPPORTED, "constraints on smartcard keys are not supported"
+            )
         from secretivex.stores.pkcs11 import open_smartcard
 
         if self._smartcards_of(req.reader_id):
-            raise Outcome("add_refused", "module already added")
+            raise Refused(RequestOutcome.ADD_REFUSED, "module already added")
         try:
             store = await open_smartcard(req.reader_id, req.pin, self.pkcs11_allowlist)
         except StoreError as exc:
             log.warning("ssh-add -s %s refused: %s", req.reader_id, exc)
-            raise Outcome("add_refused", str(exc)) from None
+            raise Refused(RequestOutcome.ADD_REFUSED, str(exc)) from None
         self.registry.smartcards.append(store)
         self.spawn(store.maintain)  # fault recovery; returns by itself after aclose()
         log.info(
@@ -493,7 +506,7 @@ class Dispatcher:
         self._main_only(ctx, "PKCS#11 modules may be removed")
         matching = self._smartcards_of(req.reader_id)
         if not matching:
-            raise Outcome("not_found")
+            raise Refused(RequestOutcome.NOT_FOUND)
         for store in matching:
             self.registry.smartcards.remove(store)
             await store.aclose()
@@ -503,46 +516,46 @@ class Dispatcher:
 
     async def lock_agent(self, ctx: ConnectionContext, req: protocol.Lock) -> bytes:
         if not ctx.listener.allow_lock:
-            raise Outcome("lock_refused", "locking is disabled on this socket")
+            raise Refused(RequestOutcome.LOCK_REFUSED, "locking is disabled on this socket")
         try:
             locked = await self.lock.lock(req.passphrase)
         except EmptyPassphrase as exc:
-            raise Outcome("bad_passphrase", str(exc)) from None
+            raise Refused(RequestOutcome.BAD_PASSPHRASE, str(exc)) from None
         if not locked:
-            raise Outcome("already_locked")
+            raise Refused(RequestOutcome.ALREADY_LOCKED)
         log.info("agent locked by uid %d", ctx.peer.uid)
         return SUCCESS
 
     async def unlock_agent(self, ctx: ConnectionContext, req: protocol.Unlock) -> bytes:
         if not ctx.listener.allow_lock:
-            raise Outcome("lock_refused", "locking is disabled on this socket")
+            raise Refused(RequestOutcome.LOCK_REFUSED, "locking is disabled on this socket")
         try:
             unlocked = await self.lock.unlock(req.passphrase)
         except UnlockBusy as exc:
-            raise Outcome("unlock_busy", str(exc)) from None
+            raise Refused(RequestOutcome.UNLOCK_BUSY, str(exc)) from None
         if not unlocked:
-            raise Outcome("bad_passphrase")
+            raise Refused(RequestOutcome.BAD_PASSPHRASE)
         log.info("agent unlocked by uid %d", ctx.peer.uid)
         return SUCCESS
 
     # -- extensions -------------------------------------------------------------------
 
     async def extension(self, ctx: ConnectionContext, req: protocol.Extension) -> bytes:
-        if req.name == QUERY_EXTENSION:
+        if req.name == protocol.EXT_QUERY:
             return _extension_reply(
-                QUERY_EXTENSION, protocol.encode_query_reply(SUPPORTED_EXTENSIONS)
+                protocol.EXT_QUERY, protocol.encode_query_reply(SUPPORTED_EXTENSIONS)
             )
-        if req.name == SESSION_BIND_EXTENSION:
+        if req.name == protocol.EXT_SESSION_BIND:
             return await self._session_bind(ctx, req)
-        if req.name == HEALTH_EXTENSION:
-            return _extension_reply(HEALTH_EXTENSION, await self._health_json(ctx))
-        raise Outcome("ext_failure", f"unsupported extension {req.name[:64]!r}")
+        if req.name == protocol.EXT_HEALTH:
+            return _extension_reply(protocol.EXT_HEALTH, await self._health_json(ctx))
+        raise Refused(RequestOutcome.EXT_FAILURE, f"unsupported extension {req.name[:64]!r}")
 
     async def _session_bind(self, ctx: ConnectionContext, req: protocol.Extension) -> bytes:
         try:
             bind = protocol.parse_session_bind(req.contents)
         except protocol.ProtocolError as exc:
-            raise Outcome("bad_request", str(exc)) from None
+            raise Refused(RequestOutcome.BAD_REQUEST, str(exc)) from None
         # Host keys are capped as OpenSSH caps them (RSA 1024-16384 bits); the
         # verification itself (up to ~10 ms for a hostile RSA key) releases the GIL,
         # so bursts of binds run in worker threads, not on the event loop.
@@ -554,16 +567,20 @@ class Dispatcher:
             limiter=self.limits.check_threads,
         )
         if not verified:
-            raise Outcome("bind_invalid", "session-bind signature does not verify")
+            raise Refused(RequestOutcome.BIND_INVALID, "session-bind signature does not verify")
         for existing in ctx.bindings:
             if existing.session_id == bind.session_id:
                 if existing.host_key != bind.host_key:
-                    raise Outcome("bind_invalid", "session id rebound to another host key")
+                    raise Refused(
+                        RequestOutcome.BIND_INVALID, "session id rebound to another host key"
+                    )
                 return SUCCESS  # idempotent, as OpenSSH
         if ctx.bindings and not ctx.bindings[-1].is_forwarding:
-            raise Outcome("bind_invalid", "connection already bound for authentication")
+            raise Refused(
+                RequestOutcome.BIND_INVALID, "connection already bound for authentication"
+            )
         if len(ctx.bindings) >= MAX_BINDINGS:
-            raise Outcome("bind_invalid", "too many session bindings")
+            raise Refused(RequestOutcome.BIND_INVALID, "too many session bindings")
         ctx.bindings.append(SessionBinding(bind.host_key, bind.session_id, bind.is_forwarding))
         return SUCCESS
 
@@ -597,7 +614,7 @@ class Dispatcher:
         return orjson.dumps(doc, default=str)
 
 
-def _store_health(h: Any) -> dict[str, Any]:
+def _store_health(h: StoreHealth) -> dict[str, Any]:
     return {
         "name": h.name,
         "kind": h.kind,
@@ -610,11 +627,6 @@ def _store_health(h: Any) -> dict[str, Any]:
 
 def _extension_reply(name: str, contents: bytes) -> bytes:
     return protocol.frame(protocol.encode_response(protocol.ExtensionResponse(name, contents)))
-
-
-def _with_fp(exc: Outcome, ident: Identity) -> Outcome:
-    exc.fingerprint = ident.fingerprint  # type: ignore[attr-defined]
-    return exc
 
 
 def _request_fingerprint(request: Any) -> str:

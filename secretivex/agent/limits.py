@@ -34,6 +34,21 @@ class Listener(Protocol):
     max_connections: int | None
 
 
+class LimitSettings(Protocol):
+    """The ``agent.*`` values the limits derive from."""
+
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def max_connections_per_uid(self) -> int | None: ...
+    @property
+    def reserved_connections(self) -> int: ...
+    @property
+    def max_buffered_bytes(self) -> int: ...
+    @property
+    def frame_timeout_ms(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class ConnectionLimits:
     """Effective limits (config already resolved: no "null = derived" left here)."""
@@ -49,24 +64,18 @@ class ConnectionLimits:
     frame_timeout_s: float | None = 10.0
 
     @classmethod
-    def from_config(cls, agent: object) -> ConnectionLimits:
-        """Resolve ``agent.*`` config values (a model or anything with those attributes)."""
-        max_conn = int(getattr(agent, "max_connections", 1024))
-        per_uid = getattr(agent, "max_connections_per_uid", None)
-        reserved = int(getattr(agent, "reserved_connections", 16))
-        frame_ms = int(getattr(agent, "frame_timeout_ms", 10_000))
+    def from_config(cls, agent: LimitSettings) -> ConnectionLimits:
+        """Resolve the ``agent.*`` limits (``AgentSettings`` or the config model)."""
+        max_conn = agent.max_connections
+        per_uid = agent.max_connections_per_uid
+        frame_ms = agent.frame_timeout_ms
         return cls(
             max_connections=max_conn,
-            max_per_uid=max(1, max_conn // 4) if per_uid is None else int(per_uid),
-            reserved_for_owner=min(reserved, max_conn // 2),
-            max_buffered_bytes=int(getattr(agent, "max_buffered_bytes", 16 * 1024 * 1024)),
+            max_per_uid=max(1, max_conn // 4) if per_uid is None else per_uid,
+            reserved_for_owner=min(agent.reserved_connections, max_conn // 2),
+            max_buffered_bytes=agent.max_buffered_bytes,
             frame_timeout_s=frame_ms / 1000 if frame_ms else None,
         )
-
-
-@dataclass(frozen=True)
-class _Only:
-    max_connections: int
 
 
 class ConnectionTracker:
@@ -75,7 +84,11 @@ class ConnectionTracker:
 
     def __init__(self, limits: ConnectionLimits | int, owner_uid: int | None = None) -> None:
         if isinstance(limits, int):  # just a global limit: the rest derived as from config
-            limits = ConnectionLimits.from_config(_Only(limits))
+            limits = ConnectionLimits(
+                max_connections=limits,
+                max_per_uid=max(1, limits // 4),
+                reserved_for_owner=min(ConnectionLimits.reserved_for_owner, limits // 2),
+            )
         self.limits = limits
         self.owner_uid = os.getuid() if owner_uid is None else owner_uid
         self.active = 0

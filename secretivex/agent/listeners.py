@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from secretivex.defaults import SOCKET_PATH_MAX_BYTES
+from secretivex.keys.identity import Identity
 from secretivex.policy.engine import KeyMatcher, any_match
 from secretivex.policy.peer import PeerCredentials
-from secretivex.stores.base import Identity
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +259,8 @@ def bind_listener(spec: ListenerSpec, backlog: int = 512) -> BoundSocket:
     """Bind ``spec.path`` with its final mode from the first instant (umask), never
     briefly world-accessible, in a directory no other uid controls."""
     path = spec.path
-    if len(os.fsencode(str(path))) > 107:
-        raise ListenerError(f"{path}: socket path longer than 107 bytes")
+    if len(os.fsencode(str(path))) > SOCKET_PATH_MAX_BYTES:
+        raise ListenerError(f"{path}: socket path longer than {SOCKET_PATH_MAX_BYTES} bytes")
     sock: socket.socket | None = None
     try:
         _ensure_directory(path.parent, spec.mode, spec.group)

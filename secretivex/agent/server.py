@@ -8,14 +8,15 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 from anyio.abc import SocketListener, SocketStream, TaskGroup, TaskStatus
 
-from secretivex.agent.audit import AuditLog
+from secretivex.agent import systemd
+from secretivex.agent.audit import AuditLog, AuditPathError
 from secretivex.agent.connection import refusals, serve_connection
 from secretivex.agent.dispatcher import Dispatcher, Limits
 from secretivex.agent.heap import trim_heap
@@ -29,13 +30,21 @@ from secretivex.agent.listeners import (
     unlink_socket,
 )
 from secretivex.agent.systemd import take_inherited
-from secretivex.config.matchers import parse_matcher
+from secretivex.config.runtime import (
+    AgentSettings,
+    FileStoreSettings,
+    MetricsSettings,
+    Pkcs11StoreSettings,
+    PolicySettings,
+    RuntimeSettings,
+    StoreSettings,
+)
 from secretivex.metrics import MetricsRecorder, run_metrics_writer
 from secretivex.policy.engine import Policy
 from secretivex.stores.base import KeyStore, StoreError
 from secretivex.stores.memory import MemoryStore
 from secretivex.stores.registry import StoreRegistry
-from secretivex.stores.secrets import secret_reader as _secret_reader
+from secretivex.stores.secrets import secret_reader
 
 log = logging.getLogger(__name__)
 
@@ -49,71 +58,64 @@ class AgentStartupError(Exception):
     """The agent cannot start (socket in use, bad store setup); exit code 1."""
 
 
-def store_name(cfg: Any, index: int) -> str:
-    return getattr(cfg, "name", None) or f"{cfg.type}-{index}"
-
-
-def build_store(cfg: Any, index: int) -> KeyStore:
-    name = store_name(cfg, index)
-    if cfg.type == "file":
+def build_store(settings: StoreSettings) -> KeyStore:
+    if isinstance(settings, FileStoreSettings):
         from secretivex.stores.file import FileStore
 
-        return FileStore(name, cfg.paths, _secret_reader(cfg.passphrase_env, cfg.passphrase_file))
-    if cfg.type == "pkcs11":
+        return FileStore(
+            settings.name,
+            list(settings.paths),
+            secret_reader(
+                settings.passphrase_env,
+                None if settings.passphrase_file is None else str(settings.passphrase_file),
+            ),
+        )
+    if isinstance(settings, Pkcs11StoreSettings):
         from secretivex.stores.pkcs11 import Pkcs11Store
 
-        return Pkcs11Store.from_config(cfg, name=name)
-    if cfg.type == "upstream":
-        from secretivex.stores.upstream import UpstreamStore
+        return Pkcs11Store.from_config(settings)
+    from secretivex.stores.upstream import UpstreamStore
 
-        return UpstreamStore.from_config(cfg, name=name)
-    raise StoreError(f"unknown store type {cfg.type!r}")
+    return UpstreamStore.from_config(settings)
 
 
-def _matchers(items: Any) -> list[Any]:
-    """Config matchers arrive parsed (``Matcher``); plain strings are parsed here."""
-    return [parse_matcher(m) if isinstance(m, str) else m for m in items]
-
-
-def build_policy(cfg: Any) -> Policy:
-    pol = cfg.policy
-    confirm = pol.confirm
+def build_policy(settings: PolicySettings) -> Policy:
+    confirm = settings.confirm
     return Policy(
-        allow=_matchers(pol.allow),
-        deny=_matchers(pol.deny),
-        confirm_command=tuple(confirm.command or ()),
+        allow=settings.allow,
+        deny=settings.deny,
+        confirm_command=confirm.command,
         confirm_timeout_ms=confirm.timeout_ms,
         confirm_cache_ms=confirm.cache_ms,
         confirm_max_concurrent=confirm.max_concurrent,
-        confirm_keys=_matchers(confirm.keys) if confirm.command else None,
+        confirm_keys=confirm.keys,
     )
 
 
-def build_listener_specs(cfg: Any) -> list[ListenerSpec]:
-    agent = cfg.agent
+def build_listener_specs(settings: RuntimeSettings) -> list[ListenerSpec]:
+    agent = settings.agent
     specs = [
         ListenerSpec(
             name=MAIN_LISTENER,
-            path=Path(os.path.expanduser(str(agent.socket))),
+            path=agent.socket,
             allow_add=agent.allow_add,
-            allow_lock=getattr(agent, "allow_lock", True),
+            allow_lock=agent.allow_lock,
         )
     ]
-    for i, lc in enumerate(cfg.listeners):
-        peers = lc.peers
+    for lc in settings.listeners:
         specs.append(
             ListenerSpec(
-                name=getattr(lc, "name", None) or f"listener-{i}",
-                path=Path(os.path.expanduser(str(lc.socket))),
-                mode=int(lc.mode, 8) if isinstance(lc.mode, str) else lc.mode,
+                name=lc.name,
+                path=lc.socket,
+                mode=lc.mode,
                 owner=resolve_uid(lc.owner),
                 group=resolve_gid(lc.group),
-                keys=tuple(_matchers(lc.keys)),
-                peer_uids=frozenset(resolve_uid(u) or 0 for u in peers.uids),
-                peer_gids=frozenset(resolve_gid(g) or 0 for g in peers.gids),
+                keys=lc.keys,
+                peer_uids=frozenset(resolve_uid(u) or 0 for u in lc.peer_uids),
+                peer_gids=frozenset(resolve_gid(g) or 0 for g in lc.peer_gids),
                 allow_add=lc.allow_add,
                 allow_lock=lc.allow_lock,
-                max_connections=getattr(lc, "max_connections", None),
+                max_connections=lc.max_connections,
             )
         )
     return specs
@@ -140,62 +142,68 @@ class Agent:
 
     def __init__(
         self,
-        config: Any,
+        settings: RuntimeSettings,
         *,
-        reload_config: Callable[[], Any] | None = None,
+        reload_settings: Callable[[], RuntimeSettings] | None = None,
         on_listening: Callable[[Path], None] | None = None,
         inherited: dict[str, socket.socket] | None = None,
     ) -> None:
-        self.config = config
-        self._reload_config = reload_config
+        self.settings = settings
+        self._reload_settings = reload_settings
         self._on_listening = on_listening
         self._inherited = dict(inherited or {})
+        agent = settings.agent
         self.registry = StoreRegistry(
-            [build_store(s, i) for i, s in enumerate(config.stores)],
-            MemoryStore(
-                max_keys=config.agent.max_added_keys, max_bytes=config.agent.max_added_bytes
-            ),
+            [build_store(s) for s in settings.stores],
+            MemoryStore(max_keys=agent.max_added_keys, max_bytes=agent.max_added_bytes),
         )
-        self._store_configs = {store_name(s, i): s for i, s in enumerate(config.stores)}
-        self.audit = AuditLog(config.audit.path)
-        self.metrics = self._build_metrics(config)
+        self.audit = AuditLog(settings.audit.path)
+        self.metrics = MetricsRecorder(profile=agent.profile)
         self.audit.on_drop = self.metrics.on_audit_dropped
-        agent = config.agent
         self.dispatcher = Dispatcher(
             self.registry,
-            build_policy(config),
+            build_policy(settings.policy),
             Limits(agent.max_signers, agent.sign_timeout_ms),
             allow_add=agent.allow_add,
-            pkcs11_allowlist=tuple(agent.pkcs11_allowlist),
+            pkcs11_allowlist=agent.pkcs11_allowlist,
             metrics=self.metrics,
             audit=self.audit,
             health=self._health_extra,
             spawn=self._spawn_maintenance,
-            default_lifetime_s=agent.default_lifetime,
+            default_lifetime_s=agent.default_lifetime_s,
         )
         self.tracker = ConnectionTracker(ConnectionLimits.from_config(agent))
-        self.idle_timeout_s = agent.idle_timeout_ms / 1000 if agent.idle_timeout_ms else None
+        self.idle_timeout_s = _seconds(agent.idle_timeout_ms)
         self._serving: dict[Path, _Serving] = {}
         self._tg: TaskGroup | None = None
         self._conn_tg: TaskGroup | None = None
+        self._metrics_scope: anyio.CancelScope | None = None
         self._stopped = anyio.Event()
 
-    @staticmethod
-    def _build_metrics(config: Any) -> MetricsRecorder:
-        return MetricsRecorder(profile=config.agent.profile)
-
     def _health_extra(self) -> dict[str, Any]:
+        """Main-socket-only part of the health document: sockets, connections and the
+        limits in force (read from the objects that enforce them, so a reload shows)."""
+        limits = self.tracker.limits
         return {
             "listeners": [
                 {"name": s.spec.name, "socket": str(s.spec.path), "scoped": bool(s.spec.keys)}
                 for s in self._serving.values()
             ],
             "connections": self.tracker.active,
+            "limits": {
+                "max_connections": limits.max_connections,
+                "max_connections_per_uid": limits.max_per_uid,
+                "reserved_connections": limits.reserved_for_owner,
+                "max_buffered_bytes": limits.max_buffered_bytes,
+                "max_signers": self.dispatcher.limits.max_signers,
+                "sign_timeout_ms": self.dispatcher.limits.sign_timeout_ms,
+                "idle_timeout_ms": round((self.idle_timeout_s or 0) * 1000),
+            },
         }
 
     @property
     def main_socket(self) -> Path:
-        return Path(os.path.expanduser(str(self.config.agent.socket)))
+        return self.settings.agent.socket
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -207,7 +215,7 @@ class Agent:
             # Bind every socket before any task group opens: a startup error then
             # reaches the CLI as itself (one line), not wrapped in an ExceptionGroup.
             try:
-                specs = build_listener_specs(self.config)
+                specs = build_listener_specs(self.settings)
             except ListenerError as exc:
                 raise AgentStartupError(str(exc)) from None
             for spec in specs:
@@ -233,10 +241,9 @@ class Agent:
                     for serving in list(self._serving.values()):
                         serving.scope.cancel()
                     self.tracker.drain()
-                    with anyio.move_on_after(SHUTDOWN_GRACE_S):
-                        while self.tracker.active:
-                            await anyio.sleep(0.02)
-                    conn_tg.cancel_scope.cancel()
+                    # Connections finish their request within the grace period; the
+                    # connection task group's deadline cancels whatever is left.
+                    conn_tg.cancel_scope.deadline = anyio.current_time() + SHUTDOWN_GRACE_S
                 tg.cancel_scope.cancel()
         finally:
             for serving in list(self._serving.values()):
@@ -280,10 +287,6 @@ class Agent:
                 trim_heap()
 
     def _notify(self, state: str) -> None:
-        try:
-            from secretivex.agent import systemd
-        except ImportError:
-            return
         systemd.notify(state)
 
     # -- listeners --------------------------------------------------------------------
@@ -298,7 +301,7 @@ class Agent:
             sock = inherited
         else:
             try:
-                bound = bind_listener(spec, getattr(self.config.agent, "listen_backlog", 512))
+                bound = bind_listener(spec, self.settings.agent.listen_backlog)
             except ListenerError as exc:
                 raise AgentStartupError(str(exc)) from None
             sock, identity = bound.sock, (bound.dev, bound.ino)
@@ -357,20 +360,25 @@ class Agent:
     # -- metrics ----------------------------------------------------------------------
 
     def _start_metrics_writer(self, tg: TaskGroup) -> None:
-        mcfg = self.config.metrics
-        if not (mcfg.path or mcfg.prometheus_textfile):
+        """(Re)start the snapshot writer with the current ``metrics.*`` settings."""
+        if self._metrics_scope is not None:
+            self._metrics_scope.cancel()
+            self._metrics_scope = None
+        m = self.settings.metrics
+        if m.path is None and m.prometheus_textfile is None:
             return
-        tg.start_soon(self._metrics_loop)
+        scope = self._metrics_scope = anyio.CancelScope()
+        tg.start_soon(self._metrics_loop, scope, m)
 
-    async def _metrics_loop(self) -> None:
-        mcfg = self.config.metrics
-        await run_metrics_writer(
-            self.metrics,
-            mcfg.path,
-            mcfg.interval_ms,
-            mcfg.prometheus_textfile,
-            health=self.registry.health,
-        )
+    async def _metrics_loop(self, scope: anyio.CancelScope, m: MetricsSettings) -> None:
+        with scope:
+            await run_metrics_writer(
+                self.metrics,
+                m.path,
+                m.interval_ms,
+                m.prometheus_textfile,
+                health=self.registry.health,
+            )
 
     # -- reload -----------------------------------------------------------------------
 
@@ -379,18 +387,24 @@ class Agent:
         one in force when the new one is invalid."""
         self._notify("RELOADING=1")
         try:
-            if self._reload_config is None:
+            if self._reload_settings is None:
                 for store in self.registry.stores:
                     await store.reload()
                 return True
             try:
-                new = self._reload_config()
+                new = self._reload_settings()
             except Exception as exc:
                 log.error("reload rejected, keeping the running config: %s", exc)
                 return False
             try:
                 await self._apply(new)
-            except (ListenerError, StoreError, AgentStartupError, ValueError) as exc:
+            except (
+                ListenerError,
+                StoreError,
+                AgentStartupError,
+                AuditPathError,
+                ValueError,
+            ) as exc:
                 log.error("reload failed, keeping the running config: %s", exc)
                 return False
             log.info("configuration reloaded")
@@ -398,26 +412,32 @@ class Agent:
         finally:
             self._notify("READY=1")
 
-    async def _apply(self, new: Any) -> None:
+    async def _apply(self, new: RuntimeSettings) -> None:
         # Build everything first; only then swap, so a failure leaves the old state intact.
-        policy = build_policy(new)
+        old = self.settings
+        new = _keep_restart_only(old, new)
+        policy = build_policy(new.policy)
         specs = {s.path: s for s in build_listener_specs(new)}
+        audit = AuditLog(new.audit.path) if new.audit != old.audit else None
         old_by_name = {s.name: s for s in self.registry.configured}
+        old_settings = {s.name: s for s in old.stores}
         new_stores: list[KeyStore] = []
         opened: list[KeyStore] = []
-        store_configs: dict[str, Any] = {}
-        for i, scfg in enumerate(new.stores):
-            name = store_name(scfg, i)
-            store_configs[name] = scfg
-            existing = old_by_name.get(name)
-            if existing is not None and self._store_configs.get(name) == scfg:
-                await existing.reload()
-                new_stores.append(existing)
-            else:
-                candidate = build_store(scfg, i)
-                await candidate.open()
-                opened.append(candidate)
-                new_stores.append(candidate)
+        try:
+            for scfg in new.stores:
+                existing = old_by_name.get(scfg.name)
+                if existing is not None and old_settings.get(scfg.name) == scfg:
+                    await existing.reload()
+                    new_stores.append(existing)
+                else:
+                    candidate = build_store(scfg)
+                    await candidate.open()
+                    opened.append(candidate)
+                    new_stores.append(candidate)
+        except BaseException:
+            if audit is not None:
+                audit.close()
+            raise
         # Listeners: start new ones, update changed ones in place, stop removed ones.
         for path, spec in specs.items():
             serving = self._serving.get(path)
@@ -431,17 +451,63 @@ class Agent:
             serving.unlink()
         removed = [s for s in self.registry.configured if s not in new_stores]
         self.registry.configured = new_stores
-        self._store_configs = store_configs
-        self.dispatcher.policy = policy
-        self.dispatcher.default_lifetime_s = new.agent.default_lifetime
-        self.dispatcher.invalidate()
-        self.tracker.limits = ConnectionLimits.from_config(new.agent)
-        self.config = new
+        self._apply_agent(new.agent, policy)
+        if audit is not None:
+            audit.on_drop = self.metrics.on_audit_dropped
+            self.audit.close()
+            self.audit = self.dispatcher.audit = audit
+        self.settings = new
         assert self._tg is not None
+        if new.metrics != old.metrics:
+            self._start_metrics_writer(self._tg)
         for store in opened:
             self._tg.start_soon(self._maintain, store)
         for store in removed:
             await store.aclose()
+
+    def _apply_agent(self, agent: AgentSettings, policy: Policy) -> None:
+        """Every ``agent.*`` setting that can change while the agent runs."""
+        d = self.dispatcher
+        d.policy = policy
+        d.allow_add = agent.allow_add
+        d.pkcs11_allowlist = agent.pkcs11_allowlist
+        d.default_lifetime_s = agent.default_lifetime_s
+        if (agent.max_signers, agent.sign_timeout_ms) != (
+            self.settings.agent.max_signers,
+            self.settings.agent.sign_timeout_ms,
+        ):
+            # Signs in flight finish under the old limits; new ones queue on the new.
+            d.limits = Limits(agent.max_signers, agent.sign_timeout_ms)
+        d.invalidate()
+        memory = self.registry.memory
+        memory.max_keys, memory.max_bytes = agent.max_added_keys, agent.max_added_bytes
+        self.tracker.limits = ConnectionLimits.from_config(agent)
+        self.idle_timeout_s = _seconds(agent.idle_timeout_ms)
+        self.metrics.profile = agent.profile
+
+
+def _keep_restart_only(old: RuntimeSettings, new: RuntimeSettings) -> RuntimeSettings:
+    """``new`` with the settings read only at start kept at their running values; one
+    WARNING line names each such key the reload changed."""
+    running = {
+        "agent.socket": (old.agent.socket, new.agent.socket),
+        "agent.listen_backlog": (old.agent.listen_backlog, new.agent.listen_backlog),
+        "logging.level": (old.logging.level, new.logging.level),
+        "logging.format": (old.logging.format, new.logging.format),
+    }
+    changed = [key for key, (before, after) in running.items() if before != after]
+    if changed:
+        log.warning(
+            "reload: %s changed; restart the agent to apply (the running values stay)",
+            ", ".join(changed),
+        )
+    agent = replace(new.agent, socket=old.agent.socket, listen_backlog=old.agent.listen_backlog)
+    return replace(new, agent=agent, logging=old.logging)
+
+
+def _seconds(ms: int) -> float | None:
+    """A ``*_ms`` setting in seconds; 0 = off (None)."""
+    return ms / 1000 if ms > 0 else None
 
 
 def _update_spec(current: ListenerSpec, new: ListenerSpec, *, chmod: bool = True) -> None:

@@ -29,10 +29,6 @@ __all__ = [
     "SystemdError",
     "listen_fds",
     "notify",
-    "notify_ready",
-    "notify_reloading",
-    "notify_status",
-    "notify_stopping",
     "parse_listen_env",
     "take_inherited",
 ]
@@ -254,29 +250,3 @@ def _with_monotonic(state: str) -> str:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         lines.insert(lines.index("RELOADING=1") + 1, f"MONOTONIC_USEC={usec}")
     return "\n".join(lines)
-
-
-def notify_ready(status: str | None = None) -> bool:
-    """``READY=1``: startup (or a reload) finished; sockets are being served."""
-    return notify("READY=1" + (f"\nSTATUS={_one_line(status)}" if status else ""))
-
-
-def notify_reloading() -> bool:
-    """``RELOADING=1`` with ``MONOTONIC_USEC`` (systemd >= 253 requires the timestamp
-    for ``Type=notify-reload`` and accepts it everywhere). Send ``notify_ready()``
-    when the reload is over."""
-    return notify("RELOADING=1")
-
-
-def notify_stopping() -> bool:
-    """``STOPPING=1``: shutdown has begun."""
-    return notify("STOPPING=1")
-
-
-def notify_status(text: str) -> bool:
-    """``STATUS=...``: a one-line status shown by ``systemctl status``."""
-    return notify(f"STATUS={_one_line(text)}")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -238,8 +238,14 @@ def agent(
 
 def _serve(cfg: Any, reload: Any, on_listening: Any, inherited: dict[str, Any]) -> None:
     from secretivex.agent.server import Agent
+    from secretivex.config.runtime import RuntimeSettings
 
-    server = Agent(cfg, reload_config=reload, on_listening=on_listening, inherited=inherited)
+    server = Agent(
+        RuntimeSettings.from_config(cfg),
+        reload_settings=lambda: RuntimeSettings.from_config(reload()),
+        on_listening=on_listening,
+        inherited=inherited,
+    )
     anyio.run(server.run, backend_options=_backend_options())
 
 

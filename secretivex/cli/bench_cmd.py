@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from secretivex.client._cli import (
+from secretivex.cli.exits import (
     EXIT_GUARDRAIL,
     EXIT_USAGE,
     UsageError,

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from secretivex.client._cli import (
+from secretivex.cli.exits import (
     EXIT_GUARDRAIL,
     EXIT_RUNTIME,
     UsageError,

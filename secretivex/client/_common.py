@@ -6,7 +6,9 @@ import errno
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from secretivex.keys.identity import blob_type, fingerprint_sha256
 from secretivex.protocol import (
+    EXT_HEALTH,
     NO_CONSTRAINTS,
     AddIdentity,
     Constraints,
@@ -19,7 +21,6 @@ from secretivex.protocol import (
     Success,
     WirePrivateKey,
 )
-from secretivex.stores.base import fingerprint_sha256
 
 from .errors import (
     AgentExtensionUnsupported,
@@ -36,16 +37,9 @@ __all__ = [
 ]
 
 #: Extension the secretivex agent answers with a UTF-8 JSON health document.
-HEALTH_EXTENSION = "health@secretivex"
+HEALTH_EXTENSION = EXT_HEALTH
 
 R = TypeVar("R")
-
-
-def _blob_type(blob: bytes) -> str:
-    if len(blob) < 4:
-        return ""
-    size = int.from_bytes(blob[:4], "big")
-    return blob[4 : 4 + size].decode("ascii", "replace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +55,7 @@ class AgentIdentity:
 
     @property
     def key_type(self) -> str:
-        return _blob_type(self.blob)
+        return blob_type(self.blob)
 
     def __repr__(self) -> str:
         # Readable in test failures: type, fingerprint and comment, not the raw blob.

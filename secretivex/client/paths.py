@@ -6,17 +6,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from secretivex.defaults import default_socket_path
+
 __all__ = ["default_socket_path", "resolve_socket_path"]
-
-
-def default_socket_path(env: Mapping[str, str] | None = None) -> Path:
-    """``$XDG_RUNTIME_DIR/secretivex/agent.sock``, fallback ``~/.secretivex/agent.sock``."""
-    environ = os.environ if env is None else env
-    runtime = environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return Path(runtime) / "secretivex" / "agent.sock"
-    home = environ.get("HOME") or str(Path.home())
-    return Path(home) / ".secretivex" / "agent.sock"
 
 
 def resolve_socket_path(

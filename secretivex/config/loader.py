@@ -48,7 +48,6 @@ from secretivex.config.layers import (
 from secretivex.config.models import (
     ENV_NESTED_DELIMITER,
     ENV_PREFIX,
-    STORE_TYPES,
     FileStore,
     Pkcs11Store,
     SecretivexConfig,
@@ -63,6 +62,7 @@ from secretivex.config.profiles import (
     detect_cpu_count,
     profile_defaults,
 )
+from secretivex.defaults import STORE_TYPES
 
 __all__ = [
     "CONFIG_FILES_ENV",
@@ -85,11 +85,9 @@ _LIST_SECTIONS = frozenset(
     for name, info in SecretivexConfig.model_fields.items()
     if typing.get_origin(info.annotation) is list
 )
-_STORE_CLASSES: dict[str, type[BaseModel]] = {
-    "file": FileStore,
-    "pkcs11": Pkcs11Store,
-    "upstream": UpstreamStore,
-}
+_STORE_CLASSES: dict[str, type[BaseModel]] = dict(
+    zip(STORE_TYPES, (FileStore, Pkcs11Store, UpstreamStore), strict=True)
+)
 
 
 # --------------------------------------------------------------------------- results

@@ -47,6 +47,12 @@ from secretivex.config.profiles import (
     detect_cpu_count,
     profile_defaults,
 )
+from secretivex.defaults import (
+    PKCS11_ALLOWLIST,
+    SOCKET_PATH_MAX_BYTES,
+    STORE_TYPES,
+    default_socket_path,
+)
 
 __all__ = [
     "ENV_NESTED_DELIMITER",
@@ -74,9 +80,6 @@ __all__ = [
 ENV_PREFIX = "SECRETIVEX_"
 ENV_NESTED_DELIMITER = "__"
 
-#: Longest socket path accepted, in bytes. The kernel's ``sun_path`` holds 108 bytes
-#: on Linux and 104 on macOS/BSD, terminating NUL included; 100 fits both.
-SOCKET_PATH_MAX_BYTES = 100
 
 _HOST_CHECKS: ContextVar[bool] = ContextVar("secretivex_config_host_checks", default=True)
 
@@ -93,15 +96,6 @@ def host_checks(enabled: bool) -> Iterator[None]:
 
 def host_checks_enabled() -> bool:
     return _HOST_CHECKS.get()
-
-
-def default_socket_path(env: dict[str, str] | None = None) -> Path:
-    """``$XDG_RUNTIME_DIR/secretivex/agent.sock``, else ``~/.secretivex/agent.sock``."""
-    environ = os.environ if env is None else env
-    runtime = environ.get("XDG_RUNTIME_DIR", "")
-    if runtime and Path(runtime).is_absolute():
-        return Path(runtime) / "secretivex" / "agent.sock"
-    return Path("~/.secretivex/agent.sock").expanduser()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -391,7 +385,7 @@ class AgentSection(_Section):
         examples=["/run/user/1000/secretivex/agent.sock"],
     )
     profile: ProfileName = Field(
-        default="balanced",
+        default=DEFAULT_PROFILE,
         description=(
             "Workload preset ("
             + ", ".join(PROFILE_NAMES)
@@ -429,8 +423,9 @@ class AgentSection(_Section):
     identity_cache_ms: int = Field(
         default_factory=_from_profile("identity_cache_ms"),
         ge=0,
-        description="Reuse a key listing for this long before asking the stores again; "
-        "0 = ask every time.",
+        description="How long a listing fetched from elsewhere (an upstream agent) is reused "
+        "before it is fetched again: the default of each upstream store's refresh_ms "
+        "(at least 100).",
         examples=[5000],
     )
     listen_backlog: int = Field(
@@ -467,7 +462,7 @@ class AgentSection(_Section):
         examples=[1048576],
     )
     pkcs11_allowlist: list[str] = Field(
-        default=["/usr/lib*/*", "/usr/local/lib*/*"],
+        default=list(PKCS11_ALLOWLIST),
         description="Globs of PKCS#11 modules that ssh-add -s may load (like ssh-agent -P); "
         "[] forbids ssh-add -s.",
         examples=[["/usr/lib/x86_64-linux-gnu/*"]],
@@ -704,10 +699,11 @@ class UpstreamStore(_Section):
         description="Give up on an upstream request after this long; 0 = no timeout.",
         examples=[2000],
     )
-    refresh_ms: int = Field(
-        default=1000,
+    refresh_ms: int | None = Field(
+        default=None,
         ge=100,
-        description="Re-read the upstream's key listing this often, in the background.",
+        description="Re-read the upstream's key listing this often, in the background; "
+        "null = agent.identity_cache_ms (at least 100).",
         examples=[5000],
     )
     stale_expiry_ms: int = Field(
@@ -727,7 +723,6 @@ class UpstreamStore(_Section):
 
 
 StoreConfig = Annotated[FileStore | Pkcs11Store | UpstreamStore, Field(discriminator="type")]
-STORE_TYPES: tuple[str, ...] = ("file", "pkcs11", "upstream")
 
 # --------------------------------------------------------------------------- policy
 

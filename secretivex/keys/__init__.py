@@ -24,6 +24,7 @@ from secretivex.keys.files import (
     load_private_key_file,
     looks_like_private_key,
 )
+from secretivex.keys.identity import Identity, SigningError, blob_type, fingerprint_sha256
 from secretivex.keys.signatures import (
     SSH_AGENT_RSA_SHA2_256,
     SSH_AGENT_RSA_SHA2_512,
@@ -40,16 +41,20 @@ __all__ = [
     "SSH_AGENT_RSA_SHA2_512",
     "SUPPORTED_KEY_TYPES",
     "CertInfo",
+    "Identity",
     "KeyFormatError",
     "KeyLoadError",
     "PrivateKey",
     "PublicKey",
+    "SigningError",
     "SoftwareKey",
     "WireFields",
     "blob_key_type",
+    "blob_type",
     "ecdsa_raw_to_ssh",
     "encode_public_blob",
     "encode_signature",
+    "fingerprint_sha256",
     "is_encrypted_key_file",
     "key_from_wire",
     "key_to_wire",

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from secretivex.keys._wire import Reader, WireError, mpint, string
 from secretivex.keys.errors import KeyFormatError
-from secretivex.stores.base import fingerprint_sha256
+from secretivex.keys.identity import fingerprint_sha256
 
 PublicKey: TypeAlias = Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 PrivateKey: TypeAlias = Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey

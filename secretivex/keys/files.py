@@ -73,6 +73,27 @@ def _read_regular(path: Path, limit: int) -> bytes:
         return handle.read(limit)
 
 
+#: Files in a key directory that are never private keys, whatever their first bytes say.
+SKIPPED_NAMES = frozenset(
+    {
+        "known_hosts",
+        "known_hosts.old",
+        "config",
+        "authorized_keys",
+        "authorized_keys2",
+        "environment",
+        "rc",
+    }
+)
+
+
+def may_be_key_file(path: Path) -> bool:
+    """Whether a directory scan should look at ``path`` at all: not a ``.pub``, not a
+    dotfile, not one of the well-known non-key files of ``~/.ssh``."""
+    name = path.name
+    return not (name in SKIPPED_NAMES or name.endswith(".pub") or name.startswith("."))
+
+
 def looks_like_private_key(path: Path) -> bool:
     """Cheap sniff of a file's first bytes, for directory scans (no parsing, no errors)."""
     try:

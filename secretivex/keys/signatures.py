@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from secretivex.keys._wire import Reader, WireError, mpint, string
 from secretivex.keys.blobs import CURVES_BY_NAME, ED25519, public_key_from_blob
-from secretivex.stores.base import SignError
+from secretivex.keys.identity import SigningError
 
 #: SSH_AGENT_RSA_SHA2_256 / _512 sign-request flags (PROTOCOL.agent / RFC 8332).
 SSH_AGENT_RSA_SHA2_256 = 2
@@ -54,11 +54,11 @@ def encode_signature(algorithm: str, raw: bytes) -> bytes:
 def ecdsa_raw_to_ssh(r_s_concatenated: bytes) -> bytes:
     """Turn a token's fixed-width ``r || s`` (PKCS#11 CKM_ECDSA output) into ``mpint r || mpint s``.
 
-    Pass the result to ``encode_signature``. ``SignError`` if the input cannot be r||s.
+    Pass the result to ``encode_signature``. ``SigningError`` if the input cannot be r||s.
     """
     size = len(r_s_concatenated)
     if size == 0 or size % 2:
-        raise SignError(f"ECDSA signature from token has odd length {size}")
+        raise SigningError(f"ECDSA signature from token has odd length {size}")
     half = size // 2
     r = int.from_bytes(r_s_concatenated[:half], "big")
     s = int.from_bytes(r_s_concatenated[half:], "big")

@@ -41,12 +41,12 @@ from secretivex.keys.blobs import (
     verified_certificate,
 )
 from secretivex.keys.errors import KeyFormatError, KeyLoadError
+from secretivex.keys.identity import SigningError, fingerprint_sha256
 from secretivex.keys.signatures import (
     RSA_SIGNATURE_HASHES,
     SSH_AGENT_RSA_SHA2_256,
     SSH_AGENT_RSA_SHA2_512,
 )
-from secretivex.stores.base import SignError, fingerprint_sha256
 
 _Signer = Callable[[bytes, int], bytes]
 
@@ -126,7 +126,7 @@ class SoftwareKey:
         try:
             return self._signer(data, flags)
         except (ValueError, TypeError) as exc:
-            raise SignError(f"{self.key_type} signing failed: {type(exc).__name__}") from None
+            raise SigningError(f"{self.key_type} signing failed: {type(exc).__name__}") from None
 
     def __repr__(self) -> str:
         return f"SoftwareKey({self.key_type} {self.fingerprint} {self.comment!r})"

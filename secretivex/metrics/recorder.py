@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from secretivex.metrics.guardrails import suggest_queue_wait
 from secretivex.metrics.histogram import Log2Histogram
+from secretivex.outcomes import CONFIRM_OUTCOMES
 
 __all__ = [
     "CONFIRM_OUTCOMES",
@@ -33,8 +34,6 @@ SCHEMA_VERSION: Final = 1
 #: ``reset``: right after counters were zeroed (SIGUSR2); ``interval``: the final write
 #: that closes the last interval when the writer stops.
 SNAPSHOT_KINDS: Final = ("interval", "periodic", "snapshot", "reset")
-
-CONFIRM_OUTCOMES: Final = ("allow", "deny", "timeout", "error", "cache_hit")
 
 
 def _versions() -> dict[str, str]:

@@ -7,10 +7,8 @@ whole loop on askpass; we must not).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -18,16 +16,18 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 
 import anyio
-from anyio.abc import Process
+
+from secretivex.children import kill_process_group, minimal_environment
+from secretivex.outcomes import ConfirmOutcome
 
 log = logging.getLogger(__name__)
 
-ALLOW = "allow"
-DENY = "deny"
-TIMEOUT = "timeout"
-ERROR = "error"
-CACHE_HIT = "cache_hit"
-HANGUP = "hangup"  # the client went away while its confirmation was pending
+ALLOW = ConfirmOutcome.ALLOW
+DENY = ConfirmOutcome.DENY
+TIMEOUT = ConfirmOutcome.TIMEOUT
+ERROR = ConfirmOutcome.ERROR
+CACHE_HIT = ConfirmOutcome.CACHE_HIT
+HANGUP = ConfirmOutcome.HANGUP
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,28 +69,11 @@ class ConfirmRequest:
         }
 
 
-#: Variables the hook inherits from the agent when set (what a GUI prompt needs to
-#: reach the person's display, and the locale); everything else, PINs and passphrases
-#: included, stays behind.
-HOOK_ENV_PASSTHROUGH = (
-    "PATH",
-    "HOME",
-    "LANG",
-    "LANGUAGE",
-    "DISPLAY",
-    "WAYLAND_DISPLAY",
-    "XDG_RUNTIME_DIR",
-    "XAUTHORITY",
-    "DBUS_SESSION_BUS_ADDRESS",
-)
-DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """A confirmation's outcome (``ALLOW``, ``DENY``...) and, when not allowed, why."""
 
-    outcome: str
+    outcome: ConfirmOutcome
     reason: str = ""
 
 
@@ -99,23 +82,10 @@ def hook_environment(
 ) -> dict[str, str]:
     """The hook's whole environment: the pass-through list, ``LC_*``, the
     ``SECRETIVEX_CONFIRM_*`` description of the request and ``extra``."""
-    env = {name: source[name] for name in HOOK_ENV_PASSTHROUGH if name in source}
-    env.update((k, v) for k, v in source.items() if k.startswith("LC_"))
-    env.setdefault("PATH", DEFAULT_PATH)
-    env.update(request.environ())
+    env = minimal_environment(source, request.environ())
     if extra:
         env.update(extra)
     return env
-
-
-async def _kill_group(process: Process) -> None:
-    """SIGKILL the hook's whole process group (it runs in its own session) and reap the
-    leader; the group id stays reserved until the leader is reaped, so this never hits
-    a stranger."""
-    with anyio.CancelScope(shield=True):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
 
 
 async def run_confirm_command(
@@ -148,10 +118,10 @@ async def run_confirm_command(
         with anyio.move_on_after(timeout_s if timeout_s > 0 else None) as scope:
             code = await process.wait()
     except BaseException:
-        await _kill_group(process)
+        await kill_process_group(process)
         raise
     if scope.cancelled_caught:
-        await _kill_group(process)
+        await kill_process_group(process)
         return Verdict(TIMEOUT, f"no answer within {timeout_s:g} s")
     return Verdict(ALLOW) if code == 0 else Verdict(DENY, f"confirm command exited {code}")
 

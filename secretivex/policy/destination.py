@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 
 from secretivex import protocol
+from secretivex.keys.identity import Identity, fingerprint_sha256
 from secretivex.protocol.wire import Reader
-from secretivex.stores.base import Identity, fingerprint_sha256
 
 SSH2_MSG_USERAUTH_REQUEST = 50
 HOSTBOUND_METHOD = "publickey-hostbound-v00@openssh.com"

@@ -9,6 +9,7 @@ from typing import Protocol
 
 import anyio
 
+from secretivex.keys.identity import Identity
 from secretivex.policy.confirm import (
     ALLOW,
     CACHE_HIT,
@@ -20,7 +21,6 @@ from secretivex.policy.confirm import (
     Verdict,
     run_confirm_command,
 )
-from secretivex.stores.base import Identity
 
 log = logging.getLogger(__name__)
 

@@ -56,6 +56,8 @@ SSH_AGENT_CONSTRAIN_EXTENSION: Final = 255
 
 EXT_QUERY: Final = "query"
 EXT_SESSION_BIND: Final = "session-bind@openssh.com"
+#: secretivex's own: a UTF-8 JSON health document (stores, listeners, limits).
+EXT_HEALTH: Final = "health@secretivex"
 CONSTRAINT_RESTRICT_DESTINATION: Final = "restrict-destination-v00@openssh.com"
 CONSTRAINT_ASSOCIATED_CERTS: Final = "associated-certs-v00@openssh.com"
 CONSTRAINT_SK_PROVIDER: Final = "sk-provider@openssh.com"

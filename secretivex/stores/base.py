@@ -7,13 +7,26 @@ stores in configured order and routes each sign request to the store owning the 
 from __future__ import annotations
 
 import abc
-import hashlib
 import time
-from base64 import b64encode
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+# Re-exported: stores speak of identities; the definitions live in ``keys``.
+from secretivex.keys.identity import Identity, SigningError, fingerprint_sha256
+from secretivex.keys.software import SoftwareKey
+
+__all__ = [
+    "Identity",
+    "KeyStore",
+    "SignError",
+    "StoreError",
+    "StoreHealth",
+    "StoreState",
+    "fingerprint_sha256",
+    "sign_locally",
+]
 
 
 class StoreError(Exception):
@@ -21,60 +34,24 @@ class StoreError(Exception):
 
 
 class SignError(StoreError):
-    """Signing failed (unknown key, token fault, unsupported flags)."""
+    """Signing failed (unknown key, token fault, unsupported flags).
+
+    Stores wrap the keys' own ``SigningError`` in it, so a store's caller catches one type.
+    """
+
+
+def sign_locally(key: SoftwareKey, data: bytes, flags: int) -> bytes:
+    """Sign with an in-process key, as a store: the key's ``SigningError`` becomes ``SignError``."""
+    try:
+        return key.sign(data, flags)
+    except SigningError as exc:
+        raise SignError(str(exc)) from None
 
 
 class StoreState(str, Enum):
     OK = "ok"
     DEGRADED = "degraded"
     STOPPED = "stopped"
-
-
-def fingerprint_sha256(blob: bytes) -> str:
-    """``SHA256:<base64 without padding>`` exactly as ``ssh-keygen -l`` prints it."""
-    digest = hashlib.sha256(blob).digest()
-    return "SHA256:" + b64encode(digest).decode("ascii").rstrip("=")
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """One key as clients see it: the public blob (a key or a certificate) and a comment.
-
-    ``confirm`` marks keys added with ``ssh-add -c``; ``constraints`` carries protocol
-    extension constraints (e.g. destination restrictions) the policy layer enforces.
-    ``origin`` names the scoped socket an ``ssh-add``ed key came through ("" = the main
-    socket or a configured store): such a key is never shown on any other listener.
-    """
-
-    blob: bytes
-    comment: str
-    store: str = ""
-    confirm: bool = False
-    constraints: tuple[Any, ...] = ()
-    origin: str = ""
-    fingerprint: str = field(default="", compare=False)
-    key_type: str = field(default="", compare=False)
-
-    def __repr__(self) -> str:
-        # The fingerprint says which key; the raw blob (hundreds of bytes) says nothing.
-        extra = " confirm" if self.confirm else ""
-        return (
-            f"Identity({self.key_type} {self.fingerprint} {self.comment!r} "
-            f"store={self.store!r}{extra})"
-        )
-
-    def __post_init__(self) -> None:
-        if not self.fingerprint:
-            object.__setattr__(self, "fingerprint", fingerprint_sha256(self.blob))
-        if not self.key_type:
-            object.__setattr__(self, "key_type", _blob_type(self.blob))
-
-
-def _blob_type(blob: bytes) -> str:
-    if len(blob) < 4:
-        return ""
-    n = int.from_bytes(blob[:4], "big")
-    return blob[4 : 4 + n].decode("ascii", "replace")
 
 
 @dataclass(slots=True)
@@ -122,7 +99,7 @@ class KeyStore(abc.ABC):
         await self.aclose()
         await self.open()
 
-    def local_key(self, blob: bytes) -> Any:
+    def local_key(self, blob: bytes) -> SoftwareKey | None:
         """An in-process key object with a sync ``sign(data, flags)``, if this store has one.
 
         Lets the dispatcher sign software keys inline without an await (the hot path).

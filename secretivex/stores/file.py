@@ -10,23 +10,18 @@ from pathlib import Path
 import anyio
 
 from secretivex.keys import KeyLoadError, SoftwareKey, load_private_key_file, looks_like_private_key
-from secretivex.stores.base import Identity, KeyStore, SignError, StoreHealth, StoreState
+from secretivex.keys.files import may_be_key_file
+from secretivex.stores.base import (
+    Identity,
+    KeyStore,
+    SignError,
+    StoreHealth,
+    StoreState,
+    sign_locally,
+)
 from secretivex.stores.secrets import warn_if_exposed
 
 log = logging.getLogger(__name__)
-
-#: Files in a key directory that are never private keys, whatever their first bytes say.
-SKIPPED_NAMES = frozenset(
-    {
-        "known_hosts",
-        "known_hosts.old",
-        "config",
-        "authorized_keys",
-        "authorized_keys2",
-        "environment",
-        "rc",
-    }
-)
 
 PassphraseSource = Callable[[], bytes | None]
 
@@ -37,8 +32,7 @@ def _candidate_files(path: Path) -> list[Path]:
     if path.is_dir():
         out = []
         for child in sorted(path.iterdir()):
-            name = child.name
-            if name in SKIPPED_NAMES or name.endswith(".pub") or name.startswith("."):
+            if not may_be_key_file(child):
                 continue
             if child.is_file() and (looks_like_private_key(child) or _unreadable(child)):
                 out.append(child)
@@ -161,7 +155,7 @@ class FileStore(KeyStore):
         key = self._keys.get(blob)
         if key is None:
             raise SignError("key not in file store")
-        return key.sign(data, flags)
+        return sign_locally(key, data, flags)
 
     def health(self) -> StoreHealth:
         return StoreHealth(

@@ -27,6 +27,7 @@ from secretivex.stores.base import (
     StoreError,
     StoreHealth,
     StoreState,
+    sign_locally,
 )
 
 log = logging.getLogger(__name__)
@@ -256,7 +257,7 @@ class MemoryStore(KeyStore):
         entry = self._entries.get(blob)
         if entry is None or (entry.expires_at is not None and entry.expires_at <= time.monotonic()):
             raise SignError("key not in memory store")
-        return entry.key.sign(data, flags)
+        return sign_locally(entry.key, data, flags)
 
     def local_key(self, blob: bytes) -> SoftwareKey | None:
         entry = self._entries.get(blob)

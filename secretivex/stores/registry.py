@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from secretivex.stores.base import Identity, KeyStore, SignError, StoreHealth
+from secretivex.stores.base import Identity, KeyStore, StoreHealth
 from secretivex.stores.memory import MemoryStore
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,6 @@ class StoreRegistry:
     async def owner(self, blob: bytes) -> tuple[KeyStore, Identity] | None:
         await self.identities()
         return self._owners.get(blob)
-
-    async def sign(self, blob: bytes, data: bytes, flags: int) -> bytes:
-        found = await self.owner(blob)
-        if found is None:
-            raise SignError("no such key")
-        return await found[0].sign(blob, data, flags)
 
     def is_removable(self, store: KeyStore) -> bool:
         return store is self.memory

@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 
@@ -35,6 +35,7 @@ from secretivex.client import (
     AgentTimeout,
     AgentUnavailable,
 )
+from secretivex.config.runtime import UpstreamStoreSettings
 from secretivex.stores.base import Identity, KeyStore, SignError, StoreHealth, StoreState
 
 log = logging.getLogger(__name__)
@@ -77,14 +78,14 @@ class UpstreamStore(KeyStore):
         self._closed = False
 
     @classmethod
-    def from_config(cls, cfg: Any, *, name: str) -> UpstreamStore:
+    def from_config(cls, settings: UpstreamStoreSettings) -> UpstreamStore:
         return cls(
-            name,
-            cfg.socket,
-            timeout_ms=cfg.timeout_ms,
-            refresh_ms=getattr(cfg, "refresh_ms", 1000),
-            stale_expiry_ms=getattr(cfg, "stale_expiry_ms", 300_000),
-            max_signers=getattr(cfg, "max_signers", 4),
+            settings.name,
+            settings.socket,
+            timeout_ms=settings.timeout_ms,
+            refresh_ms=settings.refresh_ms,
+            stale_expiry_ms=settings.stale_expiry_ms,
+            max_signers=settings.max_signers,
         )
 
     # -- connections ------------------------------------------------------------------

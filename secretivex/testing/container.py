@@ -30,6 +30,7 @@ from testcontainers.core.container import DockerContainer
 from testcontainers.core.waiting_utils import WaitStrategy, WaitStrategyTarget
 
 from secretivex.client import AgentError, AgentIdentity, SyncAgentClient
+from secretivex.defaults import SOCKET_PATH_MAX_BYTES
 
 __all__ = [
     "CONTAINER_SOCKET_DIR",
@@ -72,7 +73,7 @@ KEY_TYPES: Mapping[str, str] = {
 }
 _LABEL_RE = re.compile(r"^[A-Za-z0-9._@:+-]{1,64}$")
 # sun_path is 108 bytes on Linux, including the terminating NUL.
-_MAX_SOCKET_PATH = 107
+_MAX_SOCKET_PATH = SOCKET_PATH_MAX_BYTES
 
 
 class AgentNotReadyError(RuntimeError):
@@ -187,17 +188,12 @@ def _key_specs(keys: Sequence[str]) -> list[str]:
 
 
 def _count_private_keys(directory: Path) -> int:
-    from secretivex.keys import looks_like_private_key
-    from secretivex.stores.file import SKIPPED_NAMES
+    from secretivex.keys.files import looks_like_private_key, may_be_key_file
 
     return sum(
         1
         for child in directory.iterdir()
-        if child.name not in SKIPPED_NAMES
-        and not child.name.endswith(".pub")
-        and not child.name.startswith(".")
-        and child.is_file()
-        and looks_like_private_key(child)
+        if may_be_key_file(child) and child.is_file() and looks_like_private_key(child)
     )
 
 
@@ -253,7 +249,8 @@ class SecretivexContainer(DockerContainer):
             started (default: ``len(keys)`` plus the private keys in ``key_dir``).
         startup_timeout: seconds to wait for that.
         socket_parent: where the host temp directory goes (default: the system temp
-            directory). Unix socket paths are limited to 107 bytes.
+            directory). Unix socket paths are limited to 100 bytes
+            (``secretivex.defaults.SOCKET_PATH_MAX_BYTES``).
         **kwargs: passed to :class:`testcontainers.core.container.DockerContainer`.
     """
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from harness import (
     run,
     running_agent,
     verify_ssh_signature,
+    wait_until,
 )
 
 pytestmark = pytest.mark.openssh
@@ -32,15 +32,6 @@ def _listed(agent_env: dict[str, str], sock: Path | None = None) -> set[str]:
         env["SSH_AUTH_SOCK"] = str(sock)
     out = run(["ssh-add", "-l"], env=env, check=False).stdout
     return {line.split()[1] for line in out.splitlines() if "SHA256:" in line}
-
-
-def _wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_agent_refuses_invalid_config_with_exit_2(tmp_path: Path) -> None:
@@ -80,8 +71,8 @@ def test_sighup_applies_a_valid_config_and_keeps_connections(tmp_path: Path) -> 
                 fingerprint_of(one.with_suffix(".pub")),
                 fingerprint_of(two.with_suffix(".pub")),
             }
-            assert _wait_for(lambda: _listed(agent.env) == both)
-            assert _wait_for(extra_sock.exists)
+            assert wait_until(lambda: _listed(agent.env) == both)
+            assert wait_until(extra_sock.exists)
             assert _listed(agent.env, extra_sock) == {fingerprint_of(two.with_suffix(".pub"))}
             # The connection opened before the reload still works.
             blob = held.list_identities()[0].blob
@@ -89,8 +80,8 @@ def test_sighup_applies_a_valid_config_and_keeps_connections(tmp_path: Path) -> 
             # Listener removed on the next reload; its socket file goes away.
             config.write_text(f"stores:\n  - type: file\n    paths: [{two}]\n")
             agent.signal(signal.SIGHUP)
-            assert _wait_for(lambda: not extra_sock.exists())
-            assert _wait_for(
+            assert wait_until(lambda: not extra_sock.exists())
+            assert wait_until(
                 lambda: _listed(agent.env) == {fingerprint_of(two.with_suffix(".pub"))}
             )
         assert "configuration reloaded" in agent.log()
@@ -105,7 +96,7 @@ def test_sighup_rejects_an_invalid_config_and_keeps_the_old_one(tmp_path: Path) 
         assert _listed(agent.env) == {fp}
         config.write_text("stores:\n  - type: file\n    paths: relative/oops\n  - type: nope\n")
         agent.signal(signal.SIGHUP)
-        assert _wait_for(lambda: "reload rejected" in agent.log())
+        assert wait_until(lambda: "reload rejected" in agent.log())
         assert agent.proc.poll() is None
         assert _listed(agent.env) == {fp}
         data = tmp_path / "msg"

@@ -31,6 +31,7 @@ try:
 except ImportError:  # tests/ is not a package: pytest put this directory on sys.path
     from softhsm import SoftHsm, Token, require_tools  # type: ignore[no-redef]
 
+from secretivex.config.runtime import Pkcs11StoreSettings
 from secretivex.stores.base import Identity, KeyStore, SignError, StoreError, StoreState
 from secretivex.stores.pkcs11 import (
     DEFAULT_ALLOWLIST,
@@ -486,18 +487,10 @@ async def test_pin_never_shown(hsm: SoftHsm, caplog: pytest.LogCaptureFixture) -
 async def test_pin_env_unset_is_reported(
     hsm: SoftHsm, token: Token, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from types import SimpleNamespace
 
     monkeypatch.delenv("SECRETIVEX_TEST_PIN", raising=False)
-    cfg = SimpleNamespace(
-        type="pkcs11",
-        name="cfg",
-        module=Path(hsm.module),
-        token_label=token.label,
-        token_serial=None,
-        slot=None,
-        pin_env="SECRETIVEX_TEST_PIN",
-        pin_file=None,
+    cfg = Pkcs11StoreSettings(
+        name="cfg", module=Path(hsm.module), token_label=token.label, pin_env="SECRETIVEX_TEST_PIN"
     )
     store = Pkcs11Store.from_config(cfg)
     await store.open()
@@ -514,10 +507,11 @@ async def test_pin_env_unset_is_reported(
 
 
 async def test_pin_file(hsm: SoftHsm, token: Token, tmp_path: Path) -> None:
-    from types import SimpleNamespace
 
     (tmp_path / "pin").write_text(token.pin + "\n")
-    cfg = SimpleNamespace(module=hsm.module, token_label=token.label, pin_file=tmp_path / "pin")
+    cfg = Pkcs11StoreSettings(
+        name="pkcs11", module=Path(hsm.module), token_label=token.label, pin_file=tmp_path / "pin"
+    )
     store = Pkcs11Store.from_config(cfg)
     assert store.name == "pkcs11"
     await store.open()

@@ -9,10 +9,10 @@ from typing import Any
 
 import jsonschema
 import pytest
+from metrics_compat import incompatibilities, schema_version_of
 from test_bench_report import sample_report
 
 from secretivex.bench.report import REPORT_SCHEMA_VERSION, report_schema, validate_report
-from secretivex.metrics.compat import incompatibilities, schema_version_of
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 

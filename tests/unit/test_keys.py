@@ -38,11 +38,13 @@ from hypothesis import strategies as st
 
 from secretivex.keys import (
     KeyLoadError,
+    SigningError,
     SoftwareKey,
     blob_key_type,
     ecdsa_raw_to_ssh,
     encode_public_blob,
     encode_signature,
+    fingerprint_sha256,
     is_encrypted_key_file,
     load_private_key_file,
     looks_like_private_key,
@@ -51,7 +53,6 @@ from secretivex.keys import (
     public_key_from_blob,
     verify_signature,
 )
-from secretivex.stores.base import SignError, fingerprint_sha256
 
 pytestmark = [
     pytest.mark.openssh,
@@ -618,9 +619,9 @@ def test_ecdsa_raw_to_ssh_and_encode_signature() -> None:
         _mpint_body(r),
         _mpint_body(s),
     ]
-    with pytest.raises(SignError):
+    with pytest.raises(SigningError):
         ecdsa_raw_to_ssh(b"\x01\x02\x03")
-    with pytest.raises(SignError):
+    with pytest.raises(SigningError):
         ecdsa_raw_to_ssh(b"")
 
 

@@ -38,6 +38,7 @@ from test_keys import (
 
 from secretivex.keys import (
     KeyLoadError,
+    SigningError,
     SoftwareKey,
     key_from_wire,
     key_to_wire,
@@ -45,7 +46,6 @@ from secretivex.keys import (
     public_key_from_blob,
     verify_signature,
 )
-from secretivex.stores.base import SignError
 
 pytestmark = [
     pytest.mark.openssh,
@@ -460,5 +460,5 @@ def test_key_from_wire_only_raises_key_load_error(key_type: str, fields: list[by
 
 def test_sign_errors_are_sign_errors(keyset: KeySet) -> None:
     key = load_private_key_file(keyset.plain("ecdsa256"))
-    with pytest.raises(SignError):
+    with pytest.raises(SigningError):
         key.sign("not bytes")  # type: ignore[arg-type]

@@ -13,10 +13,10 @@ from typing import Any
 
 import jsonschema
 import pytest
+from metrics_compat import incompatibilities, schema_version_of
 from test_metrics_recorder import populated
 
 from secretivex.metrics import SCHEMA_VERSION, snapshot_schema
-from secretivex.metrics.compat import incompatibilities, schema_version_of
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 

@@ -7,8 +7,7 @@ from pathlib import Path
 from harness import keygen
 
 from secretivex.client import AgentIdentity
-from secretivex.keys import load_private_key_file
-from secretivex.stores.base import Identity
+from secretivex.keys import Identity, load_private_key_file
 
 
 def test_identity_reprs_name_the_key_not_its_bytes(tmp_path: Path) -> None:

@@ -318,9 +318,9 @@ def test_notify_ready_to_path_socket(
     notify_listener: socket.socket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", notify_listener.getsockname())
-    assert systemd.notify_ready() is True
+    assert systemd.notify("READY=1") is True
     assert notify_listener.recv(4096) == b"READY=1"
-    assert systemd.notify_ready("serving 3 keys") is True
+    assert systemd.notify("READY=1\nSTATUS=serving 3 keys") is True
     assert notify_listener.recv(4096) == b"READY=1\nSTATUS=serving 3 keys"
 
 
@@ -330,9 +330,9 @@ def test_notify_ready_to_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> Non
         sock.bind(b"\0" + name.encode())
         sock.settimeout(5)
         monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
-        assert systemd.notify_ready() is True
+        assert systemd.notify("READY=1") is True
         assert sock.recv(4096) == b"READY=1"
-        assert systemd.notify_stopping() is True
+        assert systemd.notify("STOPPING=1") is True
         assert sock.recv(4096) == b"STOPPING=1"
 
 
@@ -341,7 +341,7 @@ def test_notify_reloading_carries_monotonic_usec(
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", notify_listener.getsockname())
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-    assert systemd.notify_reloading() is True
+    assert systemd.notify("RELOADING=1") is True
     lines = notify_listener.recv(4096).decode().split("\n")
     after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     assert lines[0] == "RELOADING=1"
@@ -352,14 +352,6 @@ def test_notify_reloading_carries_monotonic_usec(
     assert notify_listener.recv(4096).decode().startswith("RELOADING=1\nMONOTONIC_USEC=")
 
 
-def test_notify_status_is_one_line(
-    notify_listener: socket.socket, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("NOTIFY_SOCKET", notify_listener.getsockname())
-    assert systemd.notify_status("two\nlines") is True
-    assert notify_listener.recv(4096) == b"STATUS=two lines"
-
-
 @pytest.mark.parametrize("value", [None, "", "relative/notify.sock", "vsock:2:1234"])
 def test_notify_false_when_not_under_systemd(
     value: str | None, monkeypatch: pytest.MonkeyPatch
@@ -368,18 +360,18 @@ def test_notify_false_when_not_under_systemd(
         monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     else:
         monkeypatch.setenv("NOTIFY_SOCKET", value)
-    assert systemd.notify_ready() is False
+    assert systemd.notify("READY=1") is False
 
 
 def test_notify_never_raises_on_dead_socket(
     short_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(short_tmp / "gone.sock"))
-    assert systemd.notify_ready() is False
+    assert systemd.notify("READY=1") is False
     monkeypatch.setenv("NOTIFY_SOCKET", "@secretivex-nobody-listens-" + secrets.token_hex(8))
-    assert systemd.notify_stopping() is False
+    assert systemd.notify("STOPPING=1") is False
     monkeypatch.setenv("NOTIFY_SOCKET", "/" + "x" * 200)  # too long for sockaddr_un
-    assert systemd.notify_ready() is False
+    assert systemd.notify("READY=1") is False
 
 
 # ------------------------------------------------- MemoryDenyWriteExecute= emulation

@@ -7,9 +7,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from secretivex.defaults import PKCS11_ALLOWLIST
+
 #: Modules ``ssh-add -s`` may load when ``agent.pkcs11_allowlist`` is not set
 #: (OpenSSH's ``ssh-agent -P`` default).
-DEFAULT_ALLOWLIST: tuple[str, ...] = ("/usr/lib*/*", "/usr/local/lib*/*")
+DEFAULT_ALLOWLIST: tuple[str, ...] = PKCS11_ALLOWLIST
 
 
 def resolve_module(path: str | os.PathLike[str]) -> str:

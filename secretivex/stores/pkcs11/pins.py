@@ -19,18 +19,16 @@ locked token.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import anyio
-from anyio.abc import Process
 
-from secretivex.policy.confirm import DEFAULT_PATH, HOOK_ENV_PASSTHROUGH
+from secretivex.children import kill_process_group, minimal_environment
+from secretivex.config.runtime import Pkcs11StoreSettings
 from secretivex.stores.base import StoreError
 from secretivex.stores.secrets import SecretSource
 
@@ -125,19 +123,7 @@ class SourcedPin:
 def prompt_environment(source: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
     """The prompt's whole environment: what the confirm hook gets (display, locale,
     PATH) plus ``extra``; PINs, passphrases and everything else stay behind."""
-    env = {name: source[name] for name in HOOK_ENV_PASSTHROUGH if name in source}
-    env.update((k, v) for k, v in source.items() if k.startswith("LC_"))
-    env.setdefault("PATH", DEFAULT_PATH)
-    env.update(extra)
-    return env
-
-
-async def _kill_group(process: Process) -> None:
-    """SIGKILL the prompt's process group (its own session) and reap the leader."""
-    with anyio.CancelScope(shield=True):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
+    return minimal_environment(source, extra)
 
 
 async def run_pin_program(
@@ -167,10 +153,10 @@ async def run_pin_program(
                     break
             code = await process.wait()
     except BaseException:
-        await _kill_group(process)
+        await kill_process_group(process)
         raise
     if scope.cancelled_caught or len(output) > MAX_PROMPT_OUTPUT:
-        await _kill_group(process)
+        await kill_process_group(process)
         if scope.cancelled_caught:
             raise PinPromptFailed(f"PIN prompt for {what}: no answer within {timeout_s:g} s")
         raise PinPromptFailed(f"PIN prompt for {what}: output too long, not a PIN")
@@ -253,19 +239,15 @@ def as_pin(pin: Pin | Callable[[], str | bytes | None] | None) -> Pin:
     return SourcedPin(pin)
 
 
-def pin_from_config(cfg: Any, store: str) -> Pin:
-    """The PIN source a ``type: pkcs11`` section names (at most one is set)."""
-    pin_env = getattr(cfg, "pin_env", None)
-    pin_file = getattr(cfg, "pin_file", None)
-    pin_command = getattr(cfg, "pin_command", None)
-    timeout_ms = getattr(cfg, "pin_timeout_ms", None)
-    timeout_s = DEFAULT_PROMPT_TIMEOUT_S if timeout_ms is None else timeout_ms / 1000
-    if pin_env:
-        return SourcedPin(pin_from_env(str(pin_env)))
-    if pin_file:
-        return SourcedPin(pin_from_file(os.fspath(pin_file)))
-    if pin_command:
-        return PromptedPin([str(arg) for arg in pin_command], timeout_s=timeout_s)
-    if getattr(cfg, "pin_prompt", False):
+def pin_from_config(settings: Pkcs11StoreSettings) -> Pin:
+    """The PIN source a ``type: pkcs11`` store names (at most one is set)."""
+    timeout_s = settings.pin_timeout_ms / 1000
+    if settings.pin_env:
+        return SourcedPin(pin_from_env(settings.pin_env))
+    if settings.pin_file is not None:
+        return SourcedPin(pin_from_file(os.fspath(settings.pin_file)))
+    if settings.pin_command:
+        return PromptedPin(list(settings.pin_command), timeout_s=timeout_s)
+    if settings.pin_prompt:
         return PromptedPin(None, timeout_s=timeout_s)
     return NoPin()

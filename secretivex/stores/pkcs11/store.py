@@ -27,6 +27,7 @@ import anyio
 from pkcs11 import Mechanism, TokenFlag
 from pkcs11 import exceptions as p11e
 
+from secretivex.config.runtime import Pkcs11StoreSettings
 from secretivex.stores.base import (
     Identity,
     KeyStore,
@@ -165,18 +166,15 @@ class Pkcs11Store(KeyStore):
         self._closed = False  # aclose() was called: maintain() returns
 
     @classmethod
-    def from_config(cls, cfg: Any, *, name: str | None = None) -> Pkcs11Store:
-        """Build from a ``type: pkcs11`` config section (``module``, one of
-        ``token_label``/``token_serial``/``slot``, one PIN source, ``name``)."""
-        serial = getattr(cfg, "token_serial", None)
-        store_name = name or getattr(cfg, "name", None) or "pkcs11"
+    def from_config(cls, settings: Pkcs11StoreSettings) -> Pkcs11Store:
+        """Build from the typed settings of a ``type: pkcs11`` store."""
         return cls(
-            store_name,
-            os.fspath(cfg.module),
-            token_label=getattr(cfg, "token_label", None),
-            token_serial=None if serial is None else str(serial),
-            slot=getattr(cfg, "slot", None),
-            pin=pin_from_config(cfg, store_name),
+            settings.name,
+            os.fspath(settings.module),
+            token_label=settings.token_label,
+            token_serial=settings.token_serial,
+            slot=settings.slot,
+            pin=pin_from_config(settings),
         )
 
     def __repr__(self) -> str:

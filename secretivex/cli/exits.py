@@ -14,7 +14,7 @@ from typing import NoReturn, ParamSpec, TypeVar
 
 import typer
 
-from .errors import AgentError
+from secretivex.client.errors import AgentError
 
 __all__ = ["EXIT_GUARDRAIL", "EXIT_RUNTIME", "EXIT_USAGE", "cli_errors", "fail"]
 
