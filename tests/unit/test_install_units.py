@@ -127,8 +127,13 @@ def test_usage_without_user(tmp_path: Path) -> None:
 
 def test_bash_completion_completes_subcommands() -> None:
     """`secretivex --show-completion bash` prints a script; its completer answers."""
+    # As a person runs it: from bash (the shell is detected from the process tree, so a
+    # test started without a shell ancestor would see none; `; :` keeps bash from exec).
     script = subprocess.run(
-        [SECRETIVEX, "--show-completion", "bash"], capture_output=True, text=True, timeout=60
+        ["bash", "-c", f'"{SECRETIVEX}" --show-completion; :'],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert script.returncode == 0, script.stderr
     assert "complete" in script.stdout and "_SECRETIVEX_COMPLETE" in script.stdout
