@@ -117,6 +117,14 @@ def run_cmd(
         ),
     ] = None,
     reconnect: Annotated[bool, typer.Option(help="A new connection for every request.")] = False,
+    connect_retry: Annotated[
+        bool,
+        typer.Option(
+            help="Retry connects refused because the agent's listen backlog is full (EAGAIN) "
+            "politely, instead of counting each as a connect_eagain failure: measures a "
+            "ceiling, not what clients see (labelled in the report)."
+        ),
+    ] = False,
     connect_timeout_ms: Annotated[
         int, typer.Option(help="Give up connecting after this long (counted as a connect failure).")
     ] = 5000,
@@ -192,6 +200,7 @@ def run_cmd(
         duration_ms=parse_duration_ms(duration) if duration is not None else None,
         warmup=warmup,
         reconnect=reconnect,
+        connect_retry=connect_retry,
         connect_timeout_ms=connect_timeout_ms,
         response_timeout_ms=response_timeout_ms,
         worker_start_spread_ms=worker_start_spread_ms,
