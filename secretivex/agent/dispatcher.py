@@ -22,6 +22,7 @@ from secretivex import __version__, protocol
 from secretivex.agent.audit import AuditLog
 from secretivex.agent.listeners import ListenerSpec
 from secretivex.agent.lock import AgentLock, EmptyPassphrase, UnlockBusy
+from secretivex.agent import signing
 from secretivex.keys import KeyLoadError, key_from_wire, verify_signature
 from secretivex.metrics import MetricsRecorder
 from secretivex.policy import confirm as confirm_outcomes
@@ -75,8 +76,9 @@ class Limits:
     def __init__(self, max_signers: int, sign_timeout_ms: int) -> None:
         self.signers = anyio.Semaphore(max(1, max_signers))
         self.sign_timeout_s = sign_timeout_ms / 1000 if sign_timeout_ms > 0 else None
-        #: Worker threads for in-memory keys too slow to sign on the event loop.
-        self.sign_threads = anyio.CapacityLimiter(max(1, max_signers))
+        #: The signing pool (agent/signing.py decides which keys sign in it): one
+        #: thread per CPU, as cryptography releases the GIL while signing.
+        self.sign_threads = anyio.CapacityLimiter(signing.pool_size())
         #: Worker threads that parse added keys and verify session-bind signatures:
         #: cryptography releases the GIL in verifications, so a burst of them runs
         #: here while the event loop keeps answering other clients.
@@ -297,7 +299,7 @@ class Dispatcher:
         if self.policy.needs_confirm(ident):
             await self._confirm(ctx, ident, req, destination)
         key = store.local_key(ident.blob)
-        if key is not None and getattr(key, "sign_inline", True):
+        if key is not None and signing.signs_inline(key):
             # Software key: tens of microseconds, signed inline (no queue, no thread hop).
             try:
                 signature: bytes = key.sign(req.data, req.flags)

@@ -327,6 +327,31 @@ def _run_with_progress(opts: Any) -> dict[str, Any]:
         return run_bench(opts, progress=hook)
 
 
+@app.command("ceiling")
+@cli_errors
+def ceiling_cmd(
+    seconds: Annotated[float, typer.Option(help="Seconds per measurement.")] = 0.5,
+    rounds: Annotated[int, typer.Option(help="Alternating rounds per algorithm.")] = 3,
+    algorithms: Annotated[
+        str | None, typer.Option(help="Comma-separated subset (ed25519,...,rsa-4096).")
+    ] = None,
+) -> None:
+    """This machine's signing ceiling: in-process signatures/s per algorithm on one
+    thread, on every CPU, and inline vs through the agent's signing pool."""
+    from secretivex.bench.ceiling import ALGORITHMS, measure_ceiling, render_ceiling
+    from secretivex.bench.report import host_info
+
+    wanted = tuple(a.strip() for a in (algorithms or "").split(",") if a.strip()) or ALGORITHMS
+    unknown = [a for a in wanted if a not in ALGORITHMS]
+    if unknown:
+        raise UsageError(f"unknown algorithm {unknown[0]!r}: use {', '.join(ALGORITHMS)}")
+    if seconds <= 0 or rounds < 1:
+        raise UsageError("--seconds must be positive and --rounds at least 1")
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    results = measure_ceiling(wanted, seconds, rounds, progress=lambda m: typer.echo(m, err=True))
+    typer.echo(render_ceiling(results, host_info()["cpus"], load))
+
+
 @app.command("idle")
 @cli_errors
 def idle_cmd(
