@@ -19,10 +19,10 @@ from typing import Any
 import anyio
 
 from secretivex import __version__, protocol
+from secretivex.agent import signing
 from secretivex.agent.audit import AuditLog
 from secretivex.agent.listeners import ListenerSpec
 from secretivex.agent.lock import AgentLock, EmptyPassphrase, UnlockBusy
-from secretivex.agent import signing
 from secretivex.keys import KeyLoadError, key_from_wire, verify_signature
 from secretivex.metrics import MetricsRecorder
 from secretivex.policy import confirm as confirm_outcomes

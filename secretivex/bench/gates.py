@@ -330,9 +330,7 @@ def compare_runs(
             return sum(int(_get(r, "results", "failed") or 0) for r in reports)
 
         def eagain(reports: Sequence[Mapping[str, Any]]) -> int:
-            return sum(
-                int(_get(r, "results", "failures", "connect_eagain") or 0) for r in reports
-            )
+            return sum(int(_get(r, "results", "failures", "connect_eagain") or 0) for r in reports)
 
         # Per-round ratios (reports pair up by round: the files sort by round number).
         round_ratios = sorted(

@@ -74,7 +74,7 @@ class Run(_Strict):
     connect_retry: bool = Field(
         default=False,
         description="Backlog-full (EAGAIN) connects were retried politely: the run measures "
-        "a ceiling, not what clients that fail on EAGAIN see."
+        "a ceiling, not what clients that fail on EAGAIN see.",
     )
     processes: int = Field(ge=1)
     connect_timeout_ms: Count
@@ -92,7 +92,7 @@ class Failures(_Strict):
     connect_eagain: Count = Field(
         default=0,
         description="Connects refused with EAGAIN because the agent's listen backlog was "
-        "full (what asyncio's open_unix_connection raises as BlockingIOError)."
+        "full (what asyncio's open_unix_connection raises as BlockingIOError).",
     )
     worker_failures: Count
 

@@ -86,7 +86,7 @@ class BenchOptions:
     label: str | None = None
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> Literal["requests", "duration"]:
         return "duration" if self.duration_ms is not None else "requests"
 
     @property
@@ -444,9 +444,7 @@ def _each_message(
             tick()
 
 
-def _gather(
-    fleet: _Fleet, opts: BenchOptions, progress: ProgressHook | None
-) -> _Gathered:
+def _gather(fleet: _Fleet, opts: BenchOptions, progress: ProgressHook | None) -> _Gathered:
     """Setup barrier, one common start instant for everyone, then the results."""
     out = _Gathered()
     for i, message in _each_message(fleet, set(range(len(fleet.workers)))):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import typer
 
-__all__ = ["app", "build_app", "main"]
+__all__ = ["build_app", "main"]  # and ``app``, built on first access
 
 HELP = (
     "An SSH agent appliance: serve SSH signing keys from key files, PKCS#11 tokens "

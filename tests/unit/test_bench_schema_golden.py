@@ -68,7 +68,9 @@ def test_strict_validation_rejects_unknown_and_missing_fields() -> None:
 
 
 def test_shipped_schema_is_generated_from_the_model() -> None:
-    shipped = (Path(__file__).resolve().parents[2] / "secretivex/bench/report.schema.json").read_text()
+    shipped = (
+        Path(__file__).resolve().parents[2] / "secretivex/bench/report.schema.json"
+    ).read_text()
     assert shipped == render_report_schema(), "stale report.schema.json: run `make gen`"
 
 

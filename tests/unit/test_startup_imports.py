@@ -90,19 +90,13 @@ def test_a_listening_agent_never_imported_bench_testing_or_other_commands(
     assert offenders(names, NOT_FOR_THE_AGENT) == []
 
 
+CLIENT_LIST = [sys.executable, "-X", "importtime", "-m", "secretivex", "client", "list"]
+CLIENT_LIST += ["--socket", "/nonexistent/agent.sock"]
+
+
 def test_client_commands_never_import_the_bench_or_testing() -> None:
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-X",
-            "importtime",
-            "-m",
-            "secretivex",
-            "client",
-            "list",
-            "--socket",
-            "/nonexistent/agent.sock",
-        ],  # fmt: skip
+        CLIENT_LIST,
         capture_output=True,
         text=True,
         timeout=60,
