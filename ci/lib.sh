@@ -110,7 +110,8 @@ sx_exec_kind() {
   local kind="$1"
   shift
   if [[ "$kind" == secretivex-ref ]]; then
-    PYTHONPATH="${COMPARE_REF_SRC:?}" exec "$(dirname "$SX_BIN")/python" -m secretivex "$@"
+    # -P: the working directory (maybe this tree) must not shadow the reference.
+    PYTHONPATH="${COMPARE_REF_SRC:?}" exec "$(dirname "$SX_BIN")/python" -P -m secretivex "$@"
   fi
   exec "$SX_BIN" "$@"
 }

@@ -122,11 +122,91 @@ def _wanted(argv: list[str]) -> str | None:
     return None
 
 
+#: ``secretivex agent`` options the fast path understands: name -> (parameter, takes a
+#: value, repeatable). Anything else (--daemon, --kill, --help, a sub-command, an
+#: unknown or combined flag) goes through typer, which owns the full grammar.
+_AGENT_FAST_OPTIONS: dict[str, tuple[str, bool, bool]] = {
+    "--config": ("config", True, True),
+    "--socket": ("socket", True, False),
+    "-a": ("socket", True, False),
+    "--key": ("key", True, True),
+    "--lifetime": ("lifetime", True, False),
+    "-t": ("lifetime", True, False),
+    "--print-env": ("print_env", False, False),
+    "--foreground": ("foreground", False, False),
+    "-D": ("foreground", False, False),
+    "--debug": ("debug", False, False),
+    "-d": ("debug", False, False),
+}
+
+
+def _parse_agent_fast(argv: list[str]) -> dict[str, Any] | None:
+    """The agent's keyword arguments for a plain foreground start, or None to let typer
+    parse. typer 0.29 builds a pydantic TypeAdapter per option while parsing: on the
+    agent's start (socket activation, the first ``ssh`` of a session) that is most of
+    the CLI's cost, so the common forms skip it."""
+    from pathlib import Path
+
+    values: dict[str, Any] = {"config": [], "key": []}
+    args = iter(argv)
+    for arg in args:
+        name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        spec = _AGENT_FAST_OPTIONS.get(name)
+        if spec is None:
+            return None
+        param, takes_value, repeatable = spec
+        if not takes_value:
+            if eq:
+                return None
+            values[param] = True
+            continue
+        value = inline if eq else next(args, None)
+        if value is None or (not eq and value.startswith("-") and value != "-"):
+            return None  # a missing value: typer says so properly
+        if repeatable:
+            values[param].append(Path(value))
+        elif param in values:
+            return None  # given twice: typer's rules decide
+        else:
+            values[param] = Path(value) if param == "socket" else value
+    return values
+
+
+def _run_agent_fast(values: dict[str, Any]) -> None:
+    import typer
+
+    from secretivex.cli import agent_cmd
+
+    class _NoSubcommand:
+        invoked_subcommand = None
+
+    kwargs: dict[str, Any] = {
+        "socket": None,
+        "daemon": False,
+        "foreground": False,
+        "debug": False,
+        "kill": False,
+        "csh": False,
+        "sh": False,
+        "lifetime": None,
+        "log_file": None,
+        "print_env": False,
+        **values,
+    }
+    try:
+        agent_cmd.agent(_NoSubcommand(), **kwargs)  # type: ignore[arg-type]
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
 def main() -> None:
     """Console entry point: usage errors exit 2, never with a traceback."""
     argv = sys.argv[1:]
     if argv == ["--version"]:
         sys.stdout.write(_version() + "\n")
+        return
+    if argv[:1] == ["agent"] and (fast := _parse_agent_fast(argv[1:])) is not None:
+        _run_agent_fast(fast)
         return
     try:
         build_app(_wanted(argv))(standalone_mode=True)

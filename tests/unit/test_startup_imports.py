@@ -88,6 +88,8 @@ def test_a_listening_agent_never_imported_bench_testing_or_other_commands(
     names = imported(stderr)
     assert "secretivex.agent.server" in names and "secretivex.agent.signing" in names
     assert offenders(names, NOT_FOR_THE_AGENT) == []
+    # The plain start skips typer's parser, which builds pydantic adapters per option.
+    assert "typer._adapters" not in names
 
 
 CLIENT_LIST = [sys.executable, "-X", "importtime", "-m", "secretivex", "client", "list"]
@@ -107,3 +109,20 @@ def test_client_commands_never_import_the_bench_or_testing() -> None:
     assert "secretivex.cli.client_cmd" in names
     assert offenders(names, ("secretivex.bench", "secretivex.testing", "secretivex.cli.bench_cmd",
                              "matplotlib", "jsonschema")) == []  # fmt: skip
+
+
+def test_the_agent_fast_path_takes_plain_starts_and_leaves_the_rest_to_typer() -> None:
+    from secretivex.cli.main import _parse_agent_fast
+
+    plain = _parse_agent_fast(["--socket", "/s", "--key", "k1", "--key=k2", "-D", "-t", "1h"])
+    assert plain == {
+        "config": [],
+        "key": [Path("k1"), Path("k2")],
+        "socket": Path("/s"),
+        "foreground": True,
+        "lifetime": "1h",
+    }
+    for argv in (["--daemon"], ["--help"], ["-Dd"], ["--socket"], ["--socket", "--key"],
+                 ["suggest-queue-wait"], ["--kill"], ["-a", "/x", "-a", "/y"],
+                 ["--print-env=yes"]):  # fmt: skip
+        assert _parse_agent_fast(argv) is None, argv
