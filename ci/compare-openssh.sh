@@ -28,6 +28,7 @@
 #   COMPARE_SCENARIOS (all)                  comma-separated subset
 #   COMPARE_AGENTS (openssh,go,secretivex)   which agents (go is dropped when it cannot be built)
 #   COMPARE_IDLE_CONNECTIONS (1000 | short 200)  idle connections for the memory check
+#   COMPARE_STARTUP_TRIES (5 | short 1)      start-up measurements per agent (median)
 #   COMPARE_CONNECT_RETRY (0)                1 = polite retrying on EAGAIN (labelled in reports)
 #   COMPARE_REF_SRC (unset)                  a secretivex source tree to add as agent
 #                                            "secretivex-ref" (A/B of two versions)
@@ -46,12 +47,14 @@ if [[ "$short" == 1 ]]; then
   fanout_workers="${COMPARE_FANOUT_WORKERS:-200}"
   rounds="${COMPARE_ROUNDS:-1}"
   idle_connections="${COMPARE_IDLE_CONNECTIONS:-200}"
+  startup_tries="${COMPARE_STARTUP_TRIES:-1}"
 else
   duration="${COMPARE_DURATION:-10s}"
   fanout_duration="${COMPARE_FANOUT_DURATION:-20s}"
   fanout_workers="${COMPARE_FANOUT_WORKERS:-1000}"
   rounds="${COMPARE_ROUNDS:-3}"
   idle_connections="${COMPARE_IDLE_CONNECTIONS:-1000}"
+  startup_tries="${COMPARE_STARTUP_TRIES:-5}"
 fi
 concurrency="${COMPARE_CONCURRENCY:-64}"
 slow_concurrency="${COMPARE_SLOW_CONCURRENCY:-16}"
@@ -135,7 +138,7 @@ median() { sort -n | awk '{v[NR]=$1} END {print (NR ? v[int((NR + 1) / 2)] : 0)}
 mkdir -p "$SX_TMP/home-startup"
 declare -A startup_runs=()
 import_runs="" version_runs=""
-for ((try = 1; try <= ${COMPARE_STARTUP_TRIES:-5}; try++)); do
+for ((try = 1; try <= startup_tries; try++)); do
   import_runs+="$(command_ms "$sx_python" -c 'import cryptography.hazmat.primitives.asymmetric.ed25519, anyio') "
   version_runs+="$(command_ms "$SX_BIN" --version) "
   for agent in "${agents[@]}"; do
@@ -297,7 +300,7 @@ compare_json=()
   for agent in "${agents[@]}"; do printf ' %d KiB |' "${rest[$agent]}"; done
   printf ' secretivex <= 40960 KiB |\n| RSS with %s idle connections |' "$idle_connections"
   for agent in "${agents[@]}"; do printf ' %d KiB |' "${idle[$agent]}"; done
-  printf ' secretivex <= 49152 KiB (1000 connections) |\n| start-up to a listening socket (median of %s) |' "${COMPARE_STARTUP_TRIES:-5}"
+  printf ' secretivex <= 49152 KiB (1000 connections) |\n| start-up to a listening socket (median of %s) |' "$startup_tries"
   for agent in "${agents[@]}"; do printf ' %d ms |' "${startup[$agent]}"; done
   printf ' secretivex <= 3x import baseline (%d ms) |\n\n' "$((3 * import_ms))"
   # shellcheck disable=SC2016 # backquotes are Markdown
