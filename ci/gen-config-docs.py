@@ -5,6 +5,7 @@
 * config/secretivex.schema.json (same as `secretivex config schema`) and its copy in
   the package
 * secretivex/units/: copies of packaging/systemd for `secretivex install-units --user`
+* secretivex/bench/report.schema.json, generated from the bench report's pydantic model
 
 Usage:
     ci/gen-config-docs.py            # rewrite stale files
@@ -21,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # works from a checkout without an install
 
+from secretivex.bench.report import render_report_schema  # noqa: E402
 from secretivex.config.docs import update_document  # noqa: E402
 from secretivex.config.schema import render_schema  # noqa: E402
 
@@ -36,6 +38,7 @@ TARGETS: dict[Path, Callable[[str], str]] = {
     # The user units `secretivex install-units --user` installs, shipped in the wheel.
     ROOT / "secretivex" / "units" / "secretivex.socket": lambda _old: _unit("secretivex.socket"),
     ROOT / "secretivex" / "units" / "secretivex.service": lambda _old: _unit("secretivex.service"),
+    ROOT / "secretivex" / "bench" / "report.schema.json": lambda _old: render_report_schema(),
 }
 
 

@@ -15,6 +15,8 @@
 #   nix      nix-bin                                 (nix-instantiate / nix eval)
 #   systemd  systemd                                 (systemd-socket-activate)
 #   lint     shellcheck
+#   goagent  golang-go golang-golang-x-crypto-dev     (the Go x/crypto agent `make bench`
+#                                                     compares with; ci/build-go-agent.sh)
 #
 # Options / environment:
 #   --only LIST   | SECRETIVEX_DEPS_ONLY=LIST   install only these groups
@@ -24,7 +26,7 @@
 # Runs as root; otherwise through sudo when present; otherwise exits 1.
 set -euo pipefail
 
-all_groups=(base openssh softhsm docker nix systemd lint)
+all_groups=(base openssh softhsm docker nix systemd lint goagent)
 declare -A packages=(
     [base]="git procps util-linux ca-certificates"
     [openssh]="openssh-client openssh-server csh"
@@ -33,6 +35,7 @@ declare -A packages=(
     [nix]="nix-bin"
     [systemd]="systemd"
     [lint]="shellcheck"
+    [goagent]="golang-go golang-golang-x-crypto-dev"
 )
 # A package also counts as present when all these commands are found
 # (Docker installed from Docker's own packages instead of Debian's docker.io).

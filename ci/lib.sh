@@ -103,6 +103,19 @@ sx_config() {
   } >"$file"
 }
 
+# sx_exec_kind KIND ARGS...: run the secretivex CLI of KIND: "secretivex" (this tree's
+# venv) or "secretivex-ref" (the source tree in COMPARE_REF_SRC on the same Python, for
+# A/B runs of two versions). Call it in a subshell: it execs.
+sx_exec_kind() {
+  local kind="$1"
+  shift
+  if [[ "$kind" == secretivex-ref ]]; then
+    # -P: the working directory (maybe this tree) must not shadow the reference.
+    PYTHONPATH="${COMPARE_REF_SRC:?}" exec "$(dirname "$SX_BIN")/python" -P -m secretivex "$@"
+  fi
+  exec "$SX_BIN" "$@"
+}
+
 # sx_start_agent KIND SOCKET KEYDIR [CONFIG]: start an agent holding the keys in KEYDIR.
 # Sets SX_AGENT_PID and SX_AGENT_LOG; the agent is stopped on exit.
 sx_start_agent() {
@@ -111,7 +124,7 @@ sx_start_agent() {
   mkdir -p "$home" "$(dirname "$socket")"
   SX_AGENT_LOG="$SX_TMP/agent-$kind-$(basename "$socket").log"
   case "$kind" in
-    secretivex)
+    secretivex | secretivex-ref)
       local args=(agent --socket "$socket")
       local key
       for key in "$keydir"/id_*; do
@@ -119,8 +132,11 @@ sx_start_agent() {
         args+=(--key "$key")
       done
       if [[ -n "$config" ]]; then args+=(--config "$config"); fi
-      env -u SECRETIVEX_CONFIG HOME="$home" XDG_CONFIG_HOME="$home/.config" \
-        "$SX_BIN" "${args[@]}" >"$SX_AGENT_LOG" 2>&1 &
+      (
+        unset SECRETIVEX_CONFIG
+        export HOME="$home" XDG_CONFIG_HOME="$home/.config"
+        sx_exec_kind "$kind" "${args[@]}"
+      ) >"$SX_AGENT_LOG" 2>&1 &
       SX_AGENT_PID=$!
       ;;
     openssh)
@@ -128,15 +144,21 @@ sx_start_agent() {
       ssh-agent -D -a "$socket" >"$SX_AGENT_LOG" 2>&1 &
       SX_AGENT_PID=$!
       ;;
+    go)
+      # The minimal agent on golang.org/x/crypto/ssh/agent (ci/build-go-agent.sh).
+      [[ -x "${SX_GO_AGENT:-}" ]] || sx_die "no Go agent binary (run ci/build-go-agent.sh)"
+      "$SX_GO_AGENT" "$socket" >"$SX_AGENT_LOG" 2>&1 &
+      SX_AGENT_PID=$!
+      ;;
     *)
-      sx_die "unknown agent kind '$kind' (secretivex or openssh)"
+      sx_die "unknown agent kind '$kind' (secretivex, openssh or go)"
       ;;
   esac
   sx_on_exit "sx_stop_agent $SX_AGENT_PID"
   sx_wait_ready "$socket" "$SX_AGENT_PID" "$SX_AGENT_LOG"
-  if [[ "$kind" == openssh ]]; then
+  if [[ "$kind" == openssh || "$kind" == go ]]; then
     SSH_AUTH_SOCK="$socket" ssh-add -q "$keydir/id_ed25519" "$keydir/id_ecdsa" "$keydir/id_rsa" \
-      2>>"$SX_AGENT_LOG" || sx_die "ssh-add into ssh-agent failed"
+      2>>"$SX_AGENT_LOG" || sx_die "ssh-add into the $kind agent failed"
   fi
 }
 

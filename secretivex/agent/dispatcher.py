@@ -23,7 +23,7 @@ from secretivex.agent.audit import AuditLog
 from secretivex.agent.listeners import ListenerSpec
 from secretivex.agent.lock import AgentLock, EmptyPassphrase, UnlockBusy
 from secretivex.defaults import PKCS11_ALLOWLIST
-from secretivex.keys import KeyLoadError, SoftwareKey, key_from_wire, verify_signature
+from secretivex.keys import KeyLoadError, SoftwareKey, key_from_wire, signing, verify_signature
 from secretivex.keys.identity import Identity, SigningError, fingerprint_sha256
 from secretivex.metrics import MetricsRecorder
 from secretivex.outcomes import RequestKind, RequestOutcome
@@ -76,8 +76,9 @@ class Limits:
         self.sign_timeout_ms = sign_timeout_ms
         self.signers = anyio.Semaphore(self.max_signers)
         self.sign_timeout_s = sign_timeout_ms / 1000 if sign_timeout_ms > 0 else None
-        #: Worker threads for in-memory keys too slow to sign on the event loop.
-        self.sign_threads = anyio.CapacityLimiter(max(1, max_signers))
+        #: The signing pool (keys/signing.py decides which keys sign in it): one
+        #: thread per CPU, as cryptography releases the GIL while signing.
+        self.sign_threads = anyio.CapacityLimiter(signing.pool_size())
         #: Worker threads that parse added keys and verify session-bind signatures:
         #: cryptography releases the GIL in verifications, so a burst of them runs
         #: here while the event loop keeps answering other clients.
@@ -307,7 +308,7 @@ class Dispatcher:
         if self.policy.needs_confirm(ident):
             await self._confirm(ctx, ident, req, destination)
         key = store.local_key(ident.blob)
-        if key is not None and key.sign_inline:
+        if key is not None and signing.signs_inline(key):
             # Software key: tens of microseconds, signed inline (no queue, no thread hop).
             try:
                 signature: bytes = key.sign(req.data, req.flags)

@@ -7,7 +7,6 @@ PINs or passphrases to disk. Root can still read the process's memory."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import resource
@@ -20,7 +19,8 @@ PR_GET_DUMPABLE = 3
 
 
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # The process's own symbols: libc is linked in (find_library would run `ldconfig -p`).
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def disable_core_dumps() -> str | None:

@@ -7,7 +7,6 @@ connections) in its arenas, so RSS stays at its peak long after they closed.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable
 
@@ -16,7 +15,9 @@ log = logging.getLogger(__name__)
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        # The running process's own symbols (libc is linked in): no `ldconfig -p`
+        # subprocess as ctypes.util.find_library runs, which cost start-up time.
+        libc = ctypes.CDLL(None)
         trim = libc.malloc_trim
     except (OSError, AttributeError):
         return None

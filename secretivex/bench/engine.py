@@ -60,6 +60,10 @@ class EngineSpec:
     worker_offset: int = 0
     total_workers: int = 1
     reconnect: bool = False
+    #: Backlog-full connects (EAGAIN): False counts each as a ``connect_eagain`` failure,
+    #: as a client using asyncio's open_unix_connection would see it; True queues the
+    #: worker and probes politely (a ceiling measurement, labelled so in the report).
+    connect_retry: bool = False
     connect_timeout_ns: int = 5_000_000_000
     response_timeout_ns: int = 10_000_000_000
     spread_ns: int = 0
@@ -74,6 +78,7 @@ class Counts:
     request_failures: int = 0
     request_timeouts: int = 0
     connect_failures: int = 0
+    connect_eagain: int = 0
     agent_failure: int = 0
     io_error: int = 0
     protocol_error: int = 0
@@ -89,6 +94,22 @@ class Counts:
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    def add(self, other: Counts) -> None:
+        """Fold another process's counts into these (sums, min and max)."""
+        for name in _SUMMED:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        if other.lat_count:
+            self.lat_max_ns = max(self.lat_max_ns, other.lat_max_ns)
+            lo = other.lat_min_ns
+            self.lat_min_ns = lo if self.lat_min_ns == 0 else min(self.lat_min_ns, lo)
+
+
+_SUMMED: tuple[str, ...] = (
+    "attempted", "ok", "request_failures", "request_timeouts", "connect_failures",
+    "connect_eagain", "agent_failure", "io_error", "protocol_error", "lat_count", "lat_sum_ns",
+    "cpu_user_s", "cpu_system_s",
+)  # fmt: skip
 
 
 class _Worker:
@@ -134,6 +155,7 @@ class Engine:
         self.nframes = len(spec.frames)
         self.expected = spec.expected_type
         self.reconnect = spec.reconnect
+        self.connect_retry = spec.connect_retry
         self.connect_timeout = spec.connect_timeout_ns
         self.response_timeout = spec.response_timeout_ns
         self.ep = select.epoll()
@@ -238,7 +260,11 @@ class Engine:
         try:
             sock.connect(self.path)
         except BlockingIOError:
-            # The listen backlog is full: queue up and probe on a timer.
+            # The listen backlog is full. A measured request fails as a client would see
+            # it, unless polite retrying was asked for (setup connects always retry).
+            if self.measure and not self.connect_retry:
+                self._connect_failed(w, now, eagain=True)
+                return False
             if self.connect_timeout and now - w.connect_t0 >= self.connect_timeout:
                 self._connect_failed(w, now)
                 return False
@@ -275,7 +301,7 @@ class Engine:
             if not w.done:
                 self._resume_connect(w, now)
 
-    def _connect_failed(self, w: _Worker, now: int) -> None:
+    def _connect_failed(self, w: _Worker, now: int, eagain: bool = False) -> None:
         self._close(w)
         if self.connect_only:
             self._retire(w)
@@ -283,7 +309,10 @@ class Engine:
         if self.measure:
             c = self.counts
             c.attempted += 1
-            c.connect_failures += 1
+            if eagain:
+                c.connect_eagain += 1
+            else:
+                c.connect_failures += 1
             c.last_done_ns = now
         w.left -= 1
         self._at(now + FAILURE_BACKOFF_NS, w)

@@ -329,6 +329,16 @@ def compare_runs(
         def failed(reports: Sequence[Mapping[str, Any]]) -> int:
             return sum(int(_get(r, "results", "failed") or 0) for r in reports)
 
+        def eagain(reports: Sequence[Mapping[str, Any]]) -> int:
+            return sum(int(_get(r, "results", "failures", "connect_eagain") or 0) for r in reports)
+
+        # Per-round ratios (reports pair up by round: the files sort by round number).
+        round_ratios = sorted(
+            round(float(c) / float(b), 3)
+            for rb, rc in zip(base, cand, strict=False)
+            if (b := _get(rb, "results", "rps")) and (c := _get(rc, "results", "rps")) is not None
+        )
+
         b_rps, c_rps = med(base, "results", "rps"), med(cand, "results", "rps")
         b_p99, c_p99 = med(base, "latency_us", "p99"), med(cand, "latency_us", "p99")
         rps_ratio = (c_rps / b_rps) if b_rps and c_rps is not None else None
@@ -349,8 +359,12 @@ def compare_runs(
             f"{baseline}_p99_us": b_p99,
             f"{candidate}_p99_us": c_p99,
             "p99_ratio": round(p99_ratio, 3) if p99_ratio is not None else None,
+            "rps_ratio_min": round_ratios[0] if round_ratios else None,
+            "rps_ratio_max": round_ratios[-1] if round_ratios else None,
             f"{baseline}_failed": failed(base),
             f"{candidate}_failed": failed(cand),
+            f"{baseline}_connect_eagain": eagain(base),
+            f"{candidate}_connect_eagain": eagain(cand),
             "target_rps_ratio": target,
             "target_p99_ratio": p99_target,
             "meets_target": all(verdicts) if verdicts else None,
@@ -369,10 +383,11 @@ def render_compare_markdown(
         return f"{float(value):,.{digits}f}"
 
     header = (
-        f"| scenario | runs | {baseline} rps | {candidate} rps | rps ratio | target | "
-        f"{baseline} p99 us | {candidate} p99 us | p99 ratio | failures ({baseline}/{candidate}) |"
+        f"| scenario | runs | {baseline} rps | {candidate} rps | rps ratio (rounds) | target | "
+        f"{baseline} p99 us | {candidate} p99 us | p99 ratio | failures ({baseline}/{candidate}) "
+        "| of which connect EAGAIN |"
     )
-    lines = [header, "|" + " --- |" * 10]
+    lines = [header, "|" + " --- |" * 11]
     for row in rows:
         parts = []
         if row.get("target_rps_ratio"):
@@ -381,11 +396,17 @@ def render_compare_markdown(
             parts.append(f"p99 <= {row['target_p99_ratio']:g}x")
         meets = row.get("meets_target")
         target_text = "-" if not parts else " and ".join(parts) + (" ok" if meets else " MISSED")
+        spread = ""
+        if row.get("rps_ratio_min") is not None and row["runs"] > 1:
+            spread = f" ({num(row['rps_ratio_min'], 2)}-{num(row['rps_ratio_max'], 2)})"
         lines.append(
             f"| {row['scenario']} | {row['runs']} | {num(row[f'{baseline}_rps'])} | "
-            f"{num(row[f'{candidate}_rps'])} | {num(row['rps_ratio'], 2)}x | {target_text} | "
+            f"{num(row[f'{candidate}_rps'])} | {num(row['rps_ratio'], 2)}x{spread} | "
+            f"{target_text} | "
             f"{num(row[f'{baseline}_p99_us'])} | {num(row[f'{candidate}_p99_us'])} | "
             f"{num(row['p99_ratio'], 2)} | "
-            f"{row[f'{baseline}_failed']}/{row[f'{candidate}_failed']} |"
+            f"{row[f'{baseline}_failed']}/{row[f'{candidate}_failed']} | "
+            f"{row.get(f'{baseline}_connect_eagain', 0)}/"
+            f"{row.get(f'{candidate}_connect_eagain', 0)} |"
         )
     return "\n".join(lines)

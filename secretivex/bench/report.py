@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import platform
 import socket
@@ -24,27 +23,29 @@ from secretivex.metrics.guardrails import Guardrail
 from secretivex.metrics.histogram import (
     PERCENTILES,
     bucket_index,
+    exact_percentile,
     percentile_from_buckets,
     tail_ratio_from_buckets,
 )
+
+from .model import REPORT_SCHEMA_VERSION, report_schema_from_model
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
     "latency_summary",
     "queue_wait_section",
     "render_csv",
+    "render_report_schema",
     "render_text",
     "report_schema",
     "validate_report",
 ]
 
-#: Bump on any rename, removal or type change of a report field (not on additions).
-REPORT_SCHEMA_VERSION: Final = 1
-
 FAILURE_KINDS: Final = (
     "request_failures",
     "request_timeouts",
     "connect_failures",
+    "connect_eagain",
     "worker_failures",
 )
 
@@ -55,9 +56,14 @@ def _schema_text() -> str:
 
 
 def report_schema() -> dict[str, Any]:
-    """The JSON Schema of bench reports (a fresh copy)."""
+    """The JSON Schema of bench reports as shipped (a fresh copy)."""
     data: dict[str, Any] = json.loads(_schema_text())
     return data
+
+
+def render_report_schema() -> str:
+    """``report.schema.json`` as generated from the pydantic model (``make gen``)."""
+    return json.dumps(report_schema_from_model(), indent=2) + "\n"
 
 
 def validate_report(report: Any) -> list[str]:
@@ -115,12 +121,8 @@ def latency_summary(
         "max": _us(max_ns) if count else None,
     }
     for label, quantile in PERCENTILES:
-        out[label] = _us(sorted_ns[_rank(quantile, samples) - 1]) if samples else None
+        out[label] = _us(exact_percentile(sorted_ns, quantile))
     return out
-
-
-def _rank(quantile: float, samples: int) -> int:
-    return min(max(1, math.ceil(quantile * samples - 1e-9)), samples)
 
 
 # -- queue wait from agent metrics ----------------------------------------------------
@@ -295,7 +297,10 @@ def render_text(report: Mapping[str, Any]) -> str:
         f"attempted {_fmt(res['attempted'])}  ok {_fmt(res['ok'])}  "
         f"failed {_fmt(res['failed'])} "
         f"(request {failures['request_failures']}, timeouts {failures['request_timeouts']}, "
-        f"connect {failures['connect_failures']}, workers {failures['worker_failures']})",
+        f"connect {failures['connect_failures']}, "
+        f"connect EAGAIN {failures.get('connect_eagain', 0)}, "
+        f"workers {failures['worker_failures']})"
+        + (" [polite connect retrying]" if run.get("connect_retry") else ""),
         f"rps {_fmt(res['rps'])}  failure rate "
         + ("-" if res["failure_rate"] is None else f"{res['failure_rate']:.4%}")
         + f"  elapsed {_fmt(res['elapsed_ms'])} ms",

@@ -7,8 +7,8 @@ import multiprocessing
 import os
 import time
 from array import array
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Literal
 
@@ -27,14 +27,21 @@ from secretivex.protocol import (
 )
 
 from .engine import Counts, Engine, EngineSpec
-from .report import (
-    FAILURE_KINDS,
+from .model import (
     REPORT_SCHEMA_VERSION,
-    host_info,
-    latency_summary,
-    queue_wait_section,
-    versions,
+    BenchReport,
+    FailureDetail,
+    Failures,
+    Generator,
+    Host,
+    KeyInfo,
+    Latency,
+    Meta,
+    QueueWait,
+    Results,
+    Run,
 )
+from .report import FAILURE_KINDS, host_info, latency_summary, queue_wait_section, versions
 
 __all__ = [
     "BenchError",
@@ -62,6 +69,9 @@ class BenchOptions:
     duration_ms: int | None = None
     warmup: int | None = None
     reconnect: bool = False
+    #: Retry backlog-full (EAGAIN) connects politely instead of counting them as
+    #: ``connect_eagain`` failures: measures a ceiling, labelled so in the report.
+    connect_retry: bool = False
     connect_timeout_ms: int = 5000
     response_timeout_ms: int = 10000
     worker_start_spread_ms: int = 0
@@ -76,7 +86,7 @@ class BenchOptions:
     label: str | None = None
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> Literal["requests", "duration"]:
         return "duration" if self.duration_ms is not None else "requests"
 
     @property
@@ -237,6 +247,46 @@ def _await_fresh_metrics(
         snapshot, problem = _read_metrics(path)
 
 
+# -- worker messages: what the parent and each worker process say to each other ------
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Worker -> parent: connections open and warmup done."""
+
+    opened: int
+
+
+@dataclass(frozen=True, slots=True)
+class Go:
+    """Parent -> worker: the common start instant and deadline (monotonic ns)."""
+
+    start_ns: int
+    deadline_ns: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Parent -> worker: another worker failed during setup; do not measure."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """Worker -> parent: the measured counts (the latency samples follow as raw bytes)."""
+
+    counts: Counts
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Worker -> parent: the worker could not go on (one line)."""
+
+    reason: str
+
+
+WorkerMessage = Ready | Finished | Failed
+
+
 def _child(
     spec: EngineSpec,
     conn: Connection,
@@ -250,19 +300,19 @@ def _child(
         engine = Engine(spec, progress, index)
         opened = engine.connect_all()
         engine.warmup(warmup)
-        conn.send(("ready", opened))
-        message = conn.recv()
-        if message[0] != "go":
+        conn.send(Ready(opened))
+        order = conn.recv()
+        if not isinstance(order, Go):
             return
-        counts = engine.measured(message[1], requests, message[2])
-        conn.send(("result", counts.as_dict()))
+        counts = engine.measured(order.start_ns, requests, order.deadline_ns)
+        conn.send(Finished(counts))
         conn.send_bytes(engine.latencies.tobytes())
     except KeyboardInterrupt:
         with contextlib.suppress(OSError):
-            conn.send(("error", "interrupted"))
+            conn.send(Failed("interrupted"))
     except Exception as exc:
         with contextlib.suppress(OSError):
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            conn.send(Failed(f"{type(exc).__name__}: {exc}"))
     finally:
         if engine is not None:
             engine.close()
@@ -290,12 +340,275 @@ def raise_fd_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+@dataclass(slots=True)
+class _Worker:
+    process: Any
+    conn: Connection
+    size: int
+
+
+@dataclass(slots=True)
+class _Fleet:
+    """The worker processes of one run and the counter they report progress in."""
+
+    workers: list[_Worker]
+    progress: Any
+    requests: int | None
+
+
+@dataclass(slots=True)
+class _Gathered:
+    """What came back from the workers, and when the measured phase ran."""
+
+    results: dict[int, Counts] = field(default_factory=dict)
+    latencies: dict[int, bytes] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+    start_ns: int = 0
+    measure_started_unix_ms: int = 0
+
+
+@dataclass(slots=True)
+class _Totals:
+    counts: Counts
+    sorted_samples: list[int]
+    worker_failures: int
+    elapsed_ns: int
+
+
+def _fan_out(opts: BenchOptions, frames: list[bytes], expected: int) -> _Fleet:
+    """Start one worker process per share of the connections (fork: nothing to pickle)."""
+    sizes = _split(opts.concurrency, opts.processes)
+    raise_fd_limit(max(sizes) + 64)
+    ctx = multiprocessing.get_context("fork")
+    shared = ctx.RawArray("q", len(sizes))
+    requests = opts.effective_requests
+    workers: list[_Worker] = []
+    offset = 0
+    try:
+        for index, size in enumerate(sizes):
+            spec = EngineSpec(
+                socket_path=opts.socket,
+                frames=frames,
+                expected_type=expected,
+                workers=size,
+                worker_offset=offset,
+                total_workers=opts.concurrency,
+                reconnect=opts.reconnect,
+                connect_retry=opts.connect_retry,
+                connect_timeout_ns=opts.connect_timeout_ms * 1_000_000,
+                response_timeout_ns=opts.response_timeout_ms * 1_000_000,
+                spread_ns=opts.worker_start_spread_ms * 1_000_000,
+                max_samples=max(opts.max_samples // len(sizes), 1),
+                seed=index,
+            )
+            offset += size
+            parent_end, child_end = ctx.Pipe()
+            process = ctx.Process(
+                target=_child,
+                args=(spec, child_end, shared, index, opts.effective_warmup, requests),
+                daemon=True,
+            )
+            process.start()
+            child_end.close()
+            workers.append(_Worker(process, parent_end, size))
+    except BaseException:
+        _stop_fleet(_Fleet(workers, shared, requests), terminate=True)
+        raise
+    return _Fleet(workers, shared, requests)
+
+
+def _receive(worker: _Worker) -> WorkerMessage:
+    try:
+        message = worker.conn.recv()
+    except (EOFError, OSError):
+        return Failed(f"worker process exited with {worker.process.exitcode}")
+    if not isinstance(message, Ready | Finished | Failed):
+        return Failed(f"unexpected worker message {type(message).__name__}")
+    return message
+
+
+def _each_message(
+    fleet: _Fleet, pending: set[int], tick: Callable[[], None] | None = None
+) -> Iterator[tuple[int, WorkerMessage]]:
+    """Yield ``(worker index, message)`` as workers speak (or die) until none is pending."""
+    while pending:
+        handles: list[Any] = [fleet.workers[i].conn for i in pending]
+        handles += [fleet.workers[i].process.sentinel for i in pending]
+        ready = wait(handles, timeout=0.1 if tick is not None else None)
+        for i in sorted(pending):
+            worker = fleet.workers[i]
+            if worker.conn in ready or worker.process.sentinel in ready:
+                pending.discard(i)
+                yield i, _receive(worker)
+        if tick is not None:
+            tick()
+
+
+def _gather(fleet: _Fleet, opts: BenchOptions, progress: ProgressHook | None) -> _Gathered:
+    """Setup barrier, one common start instant for everyone, then the results."""
+    out = _Gathered()
+    for i, message in _each_message(fleet, set(range(len(fleet.workers)))):
+        if isinstance(message, Failed):
+            out.errors[i] = message.reason
+    out.start_ns = time.monotonic_ns() + 50_000_000
+    deadline_ns = (
+        out.start_ns + opts.duration_ms * 1_000_000 if opts.duration_ms is not None else None
+    )
+    out.measure_started_unix_ms = int(time.time() * 1000) + 50
+    for i, worker in enumerate(fleet.workers):
+        if i not in out.errors:
+            with contextlib.suppress(OSError):
+                worker.conn.send(Go(out.start_ns, deadline_ns))
+    total = fleet.requests * opts.concurrency if fleet.requests is not None else None
+
+    def tick() -> None:
+        if progress is None:
+            return
+        fraction = 0.0
+        if deadline_ns is not None and opts.duration_ms:
+            elapsed = (time.monotonic_ns() - out.start_ns) / (deadline_ns - out.start_ns)
+            fraction = min(max(elapsed, 0.0), 1.0)
+        progress(sum(fleet.progress), total, fraction)
+
+    pending = {i for i in range(len(fleet.workers)) if i not in out.errors}
+    for i, message in _each_message(fleet, pending, tick):
+        if isinstance(message, Finished):
+            out.results[i] = message.counts
+            try:
+                out.latencies[i] = fleet.workers[i].conn.recv_bytes()
+            except (EOFError, OSError):
+                out.errors[i] = "worker process exited before sending its latencies"
+        elif isinstance(message, Failed):
+            out.errors[i] = message.reason
+        else:
+            out.errors[i] = "worker sent Ready twice"
+    return out
+
+
+def _stop_fleet(fleet: _Fleet, terminate: bool) -> None:
+    for worker in fleet.workers:
+        if terminate and worker.process.is_alive():
+            worker.process.terminate()
+    for worker in fleet.workers:
+        worker.process.join(timeout=5)
+        worker.conn.close()
+
+
+def _aggregate(fleet: _Fleet, gathered: _Gathered) -> _Totals:
+    """Sum every worker's counts; merge the latency samples."""
+    totals = Counts()
+    last_done = gathered.start_ns
+    samples = array("q")
+    for i, counts in gathered.results.items():
+        totals.add(counts)
+        last_done = max(last_done, counts.last_done_ns)
+        samples.frombytes(gathered.latencies.get(i, b""))
+    return _Totals(
+        counts=totals,
+        sorted_samples=sorted(samples),
+        worker_failures=sum(fleet.workers[i].size for i in gathered.errors),
+        elapsed_ns=max(last_done - gathered.start_ns, 1),
+    )
+
+
+def _report(
+    opts: BenchOptions,
+    identity: AgentIdentity | None,
+    fleet: _Fleet,
+    gathered: _Gathered,
+    totals: _Totals,
+    started_unix_ms: int,
+    finished_unix_ms: int,
+    queue_wait: dict[str, Any] | None,
+) -> BenchReport:
+    c = totals.counts
+    failures = Failures(
+        request_failures=c.request_failures,
+        request_timeouts=c.request_timeouts,
+        connect_failures=c.connect_failures,
+        connect_eagain=c.connect_eagain,
+        worker_failures=totals.worker_failures,
+    )
+    failed = sum(getattr(failures, k) for k in FAILURE_KINDS if k != "worker_failures")
+    attempted = c.attempted
+    elapsed_s = totals.elapsed_ns / 1e9
+    cpu_s = c.cpu_user_s + c.cpu_system_s
+    host = host_info()
+    processes = len(fleet.workers)
+    key = (
+        KeyInfo(fingerprint=identity.fingerprint, type=identity.key_type, comment=identity.comment)
+        if identity is not None
+        else None
+    )
+    return BenchReport(
+        meta=Meta(
+            schema_version=REPORT_SCHEMA_VERSION,
+            tool="secretivex bench",
+            versions=versions(),
+            host=Host(**host),
+            started_unix_ms=started_unix_ms,
+            measure_started_unix_ms=gathered.measure_started_unix_ms,
+            finished_unix_ms=finished_unix_ms,
+            label=opts.label,
+        ),
+        run=Run(
+            workload=opts.workload,
+            socket=opts.socket,
+            mode=opts.mode,
+            concurrency=opts.concurrency,
+            requests_per_worker=fleet.requests,
+            duration_ms=opts.duration_ms,
+            warmup_per_worker=opts.effective_warmup,
+            reconnect=opts.reconnect,
+            connect_retry=opts.connect_retry,
+            processes=processes,
+            connect_timeout_ms=opts.connect_timeout_ms,
+            response_timeout_ms=opts.response_timeout_ms,
+            worker_start_spread_ms=opts.worker_start_spread_ms,
+            payload_size=opts.payload_size if opts.workload == "sign" else 0,
+            flags=opts.flags,
+            key=key,
+        ),
+        results=Results(
+            attempted=attempted,
+            ok=c.ok,
+            failed=failed + totals.worker_failures,
+            failures=failures,
+            failure_detail=FailureDetail(
+                agent_failure=c.agent_failure, io_error=c.io_error, protocol_error=c.protocol_error
+            ),
+            worker_errors=[gathered.errors[i] for i in sorted(gathered.errors)],
+            success_rate=round(c.ok / attempted, 6) if attempted else None,
+            failure_rate=round(failed / attempted, 6) if attempted else None,
+            elapsed_ms=round(elapsed_s * 1000, 3),
+            rps=round(c.ok / elapsed_s, 1),
+            attempted_rps=round(attempted / elapsed_s, 1),
+        ),
+        latency_us=Latency(
+            **latency_summary(
+                totals.sorted_samples, c.lat_count, c.lat_sum_ns, c.lat_min_ns, c.lat_max_ns
+            )
+        ),
+        generator=Generator(
+            processes=processes,
+            cpu_user_s=round(c.cpu_user_s, 3),
+            cpu_system_s=round(c.cpu_system_s, 3),
+            cpu_s=round(cpu_s, 3),
+            cpu_percent=round(100 * cpu_s / elapsed_s, 1),
+            host_cpus=host["cpus"],
+        ),
+        queue_wait=QueueWait.model_validate(queue_wait) if queue_wait is not None else None,
+    )
+
+
 def run_bench(opts: BenchOptions, progress: ProgressHook | None = None) -> dict[str, Any]:
     """Run one benchmark and return the report (a dict matching the shipped schema).
 
-    ``progress(done, total_or_None, fraction_of_duration)`` is called about ten times a
-    second while the measured phase runs. Raises ``BenchError`` when the run cannot
-    start (no agent, no key), ``ValueError`` for bad options.
+    Steps: preflight (fail fast), fan out worker processes, gather their messages,
+    aggregate the counts, build the typed report. ``progress(done, total_or_None,
+    fraction_of_duration)`` is called about ten times a second while the measured phase
+    runs. Raises ``BenchError`` when the run cannot start (no agent, no key),
+    ``ValueError`` for bad options.
     """
     opts.check()
     started_unix_ms = int(time.time() * 1000)
@@ -303,139 +616,15 @@ def run_bench(opts: BenchOptions, progress: ProgressHook | None = None) -> dict[
     frames = _build_frames(opts, identity)
     expected = SSH_AGENT_IDENTITIES_ANSWER if opts.workload == "list" else SSH_AGENT_SIGN_RESPONSE
     before, _ = _read_metrics(opts.metrics_file)
-
-    sizes = _split(opts.concurrency, opts.processes)
-    raise_fd_limit(max(sizes) + 64)
-    ctx = multiprocessing.get_context("fork")
-    shared = ctx.RawArray("q", len(sizes))
-    requests = opts.effective_requests
-    children: list[tuple[Any, Connection, int]] = []
-    offset = 0
-    for index, size in enumerate(sizes):
-        spec = EngineSpec(
-            socket_path=opts.socket,
-            frames=frames,
-            expected_type=expected,
-            workers=size,
-            worker_offset=offset,
-            total_workers=opts.concurrency,
-            reconnect=opts.reconnect,
-            connect_timeout_ns=opts.connect_timeout_ms * 1_000_000,
-            response_timeout_ns=opts.response_timeout_ms * 1_000_000,
-            spread_ns=opts.worker_start_spread_ms * 1_000_000,
-            max_samples=max(opts.max_samples // len(sizes), 1),
-            seed=index,
-        )
-        offset += size
-        parent_end, child_end = ctx.Pipe()
-        process = ctx.Process(
-            target=_child,
-            args=(spec, child_end, shared, index, opts.effective_warmup, requests),
-            daemon=True,
-        )
-        process.start()
-        child_end.close()
-        children.append((process, parent_end, size))
-
-    results: dict[int, dict[str, Any]] = {}
-    latencies: dict[int, bytes] = {}
-    errors: dict[int, str] = {}
+    fleet = _fan_out(opts, frames, expected)
     try:
-        # Setup: connections and warmup, then one common start instant for everyone.
-        pending = set(range(len(children)))
-        while pending:
-            ready = wait(
-                [children[i][1] for i in pending] + [children[i][0].sentinel for i in pending]
-            )
-            for i in list(pending):
-                process, conn, _ = children[i]
-                if conn in ready or process.sentinel in ready:
-                    try:
-                        message = conn.recv()
-                    except (EOFError, OSError):
-                        message = ("error", f"worker process exited with {process.exitcode}")
-                    if message[0] == "error":
-                        errors[i] = str(message[1])
-                    pending.discard(i)
-        start_ns = time.monotonic_ns() + 50_000_000
-        deadline_ns = (
-            start_ns + opts.duration_ms * 1_000_000 if opts.duration_ms is not None else None
-        )
-        measure_started_unix_ms = int(time.time() * 1000) + 50
-        for i, (_, conn, _) in enumerate(children):
-            if i not in errors:
-                with contextlib.suppress(OSError):
-                    conn.send(("go", start_ns, deadline_ns))
-        total = requests * opts.concurrency if requests is not None else None
-        pending = {i for i in range(len(children)) if i not in errors}
-        while pending:
-            ready = wait(
-                [children[i][1] for i in pending] + [children[i][0].sentinel for i in pending],
-                timeout=0.1,
-            )
-            for i in list(pending):
-                process, conn, _ = children[i]
-                if conn in ready or process.sentinel in ready:
-                    try:
-                        message = conn.recv()
-                        if message[0] == "result":
-                            results[i] = message[1]
-                            latencies[i] = conn.recv_bytes()
-                        else:
-                            errors[i] = str(message[1])
-                    except (EOFError, OSError):
-                        errors[i] = f"worker process exited with {process.exitcode}"
-                    pending.discard(i)
-            if progress is not None:
-                done = sum(shared)
-                fraction = 0.0
-                if deadline_ns is not None and opts.duration_ms:
-                    fraction = min(
-                        max((time.monotonic_ns() - start_ns) / (deadline_ns - start_ns), 0.0), 1.0
-                    )
-                progress(done, total, fraction)
+        gathered = _gather(fleet, opts, progress)
     except BaseException:
-        for process, _, _ in children:
-            if process.is_alive():
-                process.terminate()
+        _stop_fleet(fleet, terminate=True)
         raise
-    finally:
-        for process, conn, _ in children:
-            process.join(timeout=5)
-            conn.close()
+    _stop_fleet(fleet, terminate=False)
     finished_unix_ms = int(time.time() * 1000)
-
-    totals = Counts()
-    last_done = start_ns
-    samples = array("q")
-    for i, counts in results.items():
-        for name in (
-            "attempted", "ok", "request_failures", "request_timeouts", "connect_failures",
-            "agent_failure", "io_error", "protocol_error", "lat_count", "lat_sum_ns",
-        ):  # fmt: skip
-            setattr(totals, name, getattr(totals, name) + int(counts[name]))
-        totals.cpu_user_s += float(counts["cpu_user_s"])
-        totals.cpu_system_s += float(counts["cpu_system_s"])
-        if counts["lat_count"]:
-            totals.lat_max_ns = max(totals.lat_max_ns, int(counts["lat_max_ns"]))
-            lo = int(counts["lat_min_ns"])
-            totals.lat_min_ns = lo if totals.lat_min_ns == 0 else min(totals.lat_min_ns, lo)
-        last_done = max(last_done, int(counts["last_done_ns"]))
-        samples.frombytes(latencies.get(i, b""))
-    worker_failures = sum(children[i][2] for i in errors)
-    elapsed_ns = max(last_done - start_ns, 1)
-    sorted_samples = sorted(samples)
-
-    failures = {
-        "request_failures": totals.request_failures,
-        "request_timeouts": totals.request_timeouts,
-        "connect_failures": totals.connect_failures,
-        "worker_failures": worker_failures,
-    }
-    attempted = totals.attempted
-    failed = sum(failures[k] for k in FAILURE_KINDS if k != "worker_failures")
-    elapsed_s = elapsed_ns / 1e9
-    cpu_s = totals.cpu_user_s + totals.cpu_system_s
+    totals = _aggregate(fleet, gathered)
     queue_wait = None
     if opts.metrics_file:
         after, problem = _await_fresh_metrics(
@@ -444,74 +633,7 @@ def run_bench(opts: BenchOptions, progress: ProgressHook | None = None) -> dict[
         queue_wait = queue_wait_section(
             opts.metrics_file, before, after, finished_unix_ms, opts.guardrail, problem
         )
-    key = (
-        {
-            "fingerprint": identity.fingerprint,
-            "type": identity.key_type,
-            "comment": identity.comment,
-        }
-        if identity is not None
-        else None
+    report = _report(
+        opts, identity, fleet, gathered, totals, started_unix_ms, finished_unix_ms, queue_wait
     )
-    return {
-        "meta": {
-            "schema_version": REPORT_SCHEMA_VERSION,
-            "tool": "secretivex bench",
-            "versions": versions(),
-            "host": host_info(),
-            "started_unix_ms": started_unix_ms,
-            "measure_started_unix_ms": measure_started_unix_ms,
-            "finished_unix_ms": finished_unix_ms,
-            "label": opts.label,
-        },
-        "run": {
-            "workload": opts.workload,
-            "socket": opts.socket,
-            "mode": opts.mode,
-            "concurrency": opts.concurrency,
-            "requests_per_worker": requests,
-            "duration_ms": opts.duration_ms,
-            "warmup_per_worker": opts.effective_warmup,
-            "reconnect": opts.reconnect,
-            "processes": len(sizes),
-            "connect_timeout_ms": opts.connect_timeout_ms,
-            "response_timeout_ms": opts.response_timeout_ms,
-            "worker_start_spread_ms": opts.worker_start_spread_ms,
-            "payload_size": opts.payload_size if opts.workload == "sign" else 0,
-            "flags": opts.flags,
-            "key": key,
-        },
-        "results": {
-            "attempted": attempted,
-            "ok": totals.ok,
-            "failed": failed + worker_failures,
-            "failures": failures,
-            "failure_detail": {
-                "agent_failure": totals.agent_failure,
-                "io_error": totals.io_error,
-                "protocol_error": totals.protocol_error,
-            },
-            "worker_errors": [errors[i] for i in sorted(errors)],
-            "success_rate": round(totals.ok / attempted, 6) if attempted else None,
-            "failure_rate": round(failed / attempted, 6) if attempted else None,
-            "elapsed_ms": round(elapsed_s * 1000, 3),
-            "rps": round(totals.ok / elapsed_s, 1),
-            "attempted_rps": round(attempted / elapsed_s, 1),
-        },
-        "latency_us": latency_summary(
-            sorted_samples,
-            totals.lat_count,
-            totals.lat_sum_ns,
-            totals.lat_min_ns,
-            totals.lat_max_ns,
-        ),
-        "generator": {
-            "processes": len(sizes),
-            "cpu_user_s": round(totals.cpu_user_s, 3),
-            "cpu_system_s": round(totals.cpu_system_s, 3),
-            "cpu_s": round(cpu_s, 3),
-            "cpu_percent": round(100 * cpu_s / elapsed_s, 1),
-            "host_cpus": host_info()["cpus"],
-        },
-        "queue_wait": queue_wait,
-    }
+    return report.model_dump(mode="json")

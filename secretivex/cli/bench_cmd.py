@@ -117,6 +117,14 @@ def run_cmd(
         ),
     ] = None,
     reconnect: Annotated[bool, typer.Option(help="A new connection for every request.")] = False,
+    connect_retry: Annotated[
+        bool,
+        typer.Option(
+            help="Retry connects refused because the agent's listen backlog is full (EAGAIN) "
+            "politely, instead of counting each as a connect_eagain failure: measures a "
+            "ceiling, not what clients see (labelled in the report)."
+        ),
+    ] = False,
     connect_timeout_ms: Annotated[
         int, typer.Option(help="Give up connecting after this long (counted as a connect failure).")
     ] = 5000,
@@ -192,6 +200,7 @@ def run_cmd(
         duration_ms=parse_duration_ms(duration) if duration is not None else None,
         warmup=warmup,
         reconnect=reconnect,
+        connect_retry=connect_retry,
         connect_timeout_ms=connect_timeout_ms,
         response_timeout_ms=response_timeout_ms,
         worker_start_spread_ms=worker_start_spread_ms,
@@ -316,6 +325,31 @@ def _run_with_progress(opts: Any) -> dict[str, Any]:
                 bar.update(task, total=100, completed=fraction * 100, rate=rate)
 
         return run_bench(opts, progress=hook)
+
+
+@app.command("ceiling")
+@cli_errors
+def ceiling_cmd(
+    seconds: Annotated[float, typer.Option(help="Seconds per measurement.")] = 0.5,
+    rounds: Annotated[int, typer.Option(help="Alternating rounds per algorithm.")] = 3,
+    algorithms: Annotated[
+        str | None, typer.Option(help="Comma-separated subset (ed25519,...,rsa-4096).")
+    ] = None,
+) -> None:
+    """This machine's signing ceiling: in-process signatures/s per algorithm on one
+    thread, on every CPU, and inline vs through the agent's signing pool."""
+    from secretivex.bench.ceiling import ALGORITHMS, measure_ceiling, render_ceiling
+    from secretivex.bench.report import host_info
+
+    wanted = tuple(a.strip() for a in (algorithms or "").split(",") if a.strip()) or ALGORITHMS
+    unknown = [a for a in wanted if a not in ALGORITHMS]
+    if unknown:
+        raise UsageError(f"unknown algorithm {unknown[0]!r}: use {', '.join(ALGORITHMS)}")
+    if seconds <= 0 or rounds < 1:
+        raise UsageError("--seconds must be positive and --rounds at least 1")
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    results = measure_ceiling(wanted, seconds, rounds, progress=lambda m: typer.echo(m, err=True))
+    typer.echo(render_ceiling(results, host_info()["cpus"], load))
 
 
 @app.command("idle")

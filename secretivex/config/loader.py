@@ -61,6 +61,7 @@ from secretivex.config.profiles import (
     PROFILE_NAMES,
     detect_cpu_count,
     profile_defaults,
+    profile_source,
 )
 from secretivex.defaults import STORE_TYPES
 
@@ -521,9 +522,8 @@ def _defaults_layer(env: Mapping[str, str]) -> Layer:
 def _profile_layer(profile: str, cpus: int) -> Layer:
     data: dict[str, Any] = {"agent": profile_defaults(profile, cpus)}
     layer = Layer(source=f"profile:{profile}", data=data)
-    origin = Origin(f"profile:{profile}")
     for path in _all_paths(data):
-        layer.origins[path] = origin
+        layer.origins[path] = Origin(profile_source(profile, str(path[-1])))
     return layer
 
 

@@ -277,3 +277,55 @@ def test_run_bench_counts_a_stalled_agent(sock: Path) -> None:
 def test_run_bench_without_agent_is_a_clear_error(sock: Path) -> None:
     with pytest.raises(BenchError, match="cannot connect to the agent"):
         run_bench(BenchOptions(socket=str(sock)))
+
+
+@contextlib.contextmanager
+def full_backlog(path: Path) -> Iterator[list[socket.socket]]:
+    """A listener that never accepts, its backlog already full: every further connect
+    gets EAGAIN, as a busy agent's does during a fan-out burst."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(0)
+    fillers: list[socket.socket] = []
+    try:
+        while True:
+            filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            fillers.append(filler)
+            try:
+                filler.connect(str(path))
+            except BlockingIOError:
+                break
+        yield fillers
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def test_backlog_full_connects_are_their_own_failure_class(sock: Path) -> None:
+    with full_backlog(sock):
+        counts = run_engine(Engine(spec(sock, reconnect=True)), 2)
+    assert counts.connect_eagain == 6  # type: ignore[attr-defined]
+    assert counts.connect_failures == 0 and counts.ok == 0  # type: ignore[attr-defined]
+    assert counts.attempted == 6  # type: ignore[attr-defined]
+
+
+def test_polite_retrying_waits_instead_of_counting_eagain(sock: Path) -> None:
+    with full_backlog(sock):
+        engine = Engine(
+            spec(sock, reconnect=True, connect_retry=True, connect_timeout_ns=200_000_000)
+        )
+        counts = run_engine(engine, 1)
+    # Nobody ever got in: each worker gave up after its connect timeout, none with EAGAIN.
+    assert counts.connect_eagain == 0  # type: ignore[attr-defined]
+    assert counts.connect_failures == 3  # type: ignore[attr-defined]
+
+
+def test_run_bench_reports_eagain_and_labels_retrying(sock: Path) -> None:
+    with FakeAgent(sock):
+        report = run_bench(
+            BenchOptions(socket=str(sock), concurrency=2, requests=2, connect_retry=True)
+        )
+    assert validate_report(report) == []
+    assert report["run"]["connect_retry"] is True
+    assert report["results"]["failures"]["connect_eagain"] == 0

@@ -155,6 +155,12 @@ def test_compare_table(tmp_path: Path) -> None:
     assert row["rps_ratio"] == 5.1 and row["meets_target"] is True
     assert row["p99_ratio"] == round(1000 / 5100, 3)
     table = render_compare_markdown([row], "openssh", "secretivex")
-    assert "| ed25519 | 3 | 1,000 | 5,100 | 5.10x | rps >= 5x and p99 <= 0.2x ok |" in table
+    # Per-round ratios pair the n-th run of each agent: 5200/1000, 5000/1100, 5100/900.
+    assert (row["rps_ratio_min"], row["rps_ratio_max"]) == (4.545, 5.667)
+    assert (
+        "| ed25519 | 3 | 1,000 | 5,100 | 5.10x (4.54-5.67) | rps >= 5x and p99 <= 0.2x ok |"
+        in table
+    )
+    assert row["openssh_connect_eagain"] == 0 and table.rstrip().endswith("| 0/0 |")
     (missed,) = compare_runs(runs, "openssh", "secretivex", None, {"ed25519": 0.1})
     assert missed["meets_target"] is False

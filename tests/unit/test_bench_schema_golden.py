@@ -12,7 +12,13 @@ import pytest
 from metrics_compat import incompatibilities, schema_version_of
 from test_bench_report import sample_report
 
-from secretivex.bench.report import REPORT_SCHEMA_VERSION, report_schema, validate_report
+from secretivex.bench.model import BenchReport
+from secretivex.bench.report import (
+    REPORT_SCHEMA_VERSION,
+    render_report_schema,
+    report_schema,
+    validate_report,
+)
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
@@ -59,3 +65,25 @@ def test_strict_validation_rejects_unknown_and_missing_fields() -> None:
     problems = validate_report(report)
     assert any("extra" in p for p in problems)
     assert any("p99" in p for p in problems)
+
+
+def test_shipped_schema_is_generated_from_the_model() -> None:
+    shipped = (
+        Path(__file__).resolve().parents[2] / "secretivex/bench/report.schema.json"
+    ).read_text()
+    assert shipped == render_report_schema(), "stale report.schema.json: run `make gen`"
+
+
+def test_the_model_and_the_schema_agree_on_a_sample() -> None:
+    report = sample_report()
+    assert BenchReport.model_validate(report).model_dump(mode="json") == report
+    report["results"]["failures"]["bogus"] = 1
+    with pytest.raises(ValueError):
+        BenchReport.model_validate(report)
+
+
+def test_reports_written_before_connect_eagain_still_validate() -> None:
+    report = sample_report()
+    del report["results"]["failures"]["connect_eagain"]
+    del report["run"]["connect_retry"]
+    assert validate_report(report) == []

@@ -21,6 +21,7 @@ from secretivex.config import (
 )
 from secretivex.config.loader import _redact, parse_env_value, user_config_file
 from secretivex.config.models import AgentSection, FileStore, Pkcs11Store, UpstreamStore
+from secretivex.config.profiles import system_listen_backlog
 
 
 @dataclass
@@ -153,9 +154,11 @@ def test_profile_overrides_builtin_defaults_and_files_override_profile(tree: Tre
     path = tree.write("work/a.yaml", "agent:\n  profile: fanout\n  sign_timeout_ms: 5\n")
     loaded = tree.load(path, cpus=4)
     agent = loaded.config.agent
-    assert (agent.max_connections, agent.max_signers, agent.listen_backlog) == (8192, 32, 2048)
+    assert (agent.max_connections, agent.max_signers) == (8192, 32)
+    assert agent.listen_backlog == system_listen_backlog()
     assert agent.sign_timeout_ms == 5
     assert loaded.sources["agent.max_signers"] == "profile:fanout"
+    assert loaded.sources["agent.listen_backlog"] == "profile:fanout (net.core.somaxconn)"
     assert rel(tree, loaded.sources["agent.sign_timeout_ms"]) == "work/a.yaml:3"
     assert loaded.profile == "fanout" and loaded.cpu_count == 4
 
@@ -712,3 +715,12 @@ def test_problems_are_listed_in_layer_order(tree: Tree) -> None:
     path = tree.write("a.yaml", "agent:\n  max_signers: 0\n")
     lines = [rel(tree, line) for line in tree.lines(path, env={"SECRETIVEX_METRICS__PATH": "x"})]
     assert [line.split(":")[0] for line in lines] == ["etc/config.yaml", "a.yaml", "env"]
+
+
+@pytest.mark.parametrize("profile", ["balanced", "fanout", "pssh", "low-memory"])
+def test_every_profile_listens_with_the_system_maximum_backlog(tree: Tree, profile: str) -> None:
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    path = tree.write("work/a.yaml", f"agent:\n  profile: {profile}\n")
+    assert tree.load(path, cpus=2).config.agent.listen_backlog == somaxconn
+    explicit = tree.write("work/b.yaml", f"agent:\n  profile: {profile}\n  listen_backlog: 77\n")
+    assert tree.load(explicit, cpus=2).config.agent.listen_backlog == 77
