@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from nixtools import TESTING, NixEvalError, require_tool
+from nixunits import render_unit
 
 pytestmark = pytest.mark.nix
 
@@ -538,44 +539,6 @@ def test_build_time_validation_fails_with_the_validators_message(
 
 
 # ----------------------------------------------------- generated units -> systemd
-
-
-def _value(value: Any) -> list[str]:
-    items = value if isinstance(value, list) else [value]
-    return ["true" if v is True else "false" if v is False else str(v) for v in items]
-
-
-def render_unit(kind: str, unit: dict[str, Any]) -> str:
-    """Render a NixOS unit definition the way nixos/lib/systemd-lib.nix does (the parts
-    these units use): [Unit] dependencies and unitConfig, then the type's section."""
-    lines = ["[Unit]"]
-    if unit.get("description"):
-        lines.append(f"Description={unit['description']}")
-    for option, key in [
-        ("requires", "Requires"),
-        ("wants", "Wants"),
-        ("after", "After"),
-        ("before", "Before"),
-        ("bindsTo", "BindsTo"),
-        ("partOf", "PartOf"),
-        ("conflicts", "Conflicts"),
-    ]:
-        if unit.get(option):
-            lines.append(f"{key}={' '.join(unit[option])}")
-    for key, value in unit.get("unitConfig", {}).items():
-        lines += [f"{key}={v}" for v in _value(value)]
-    if kind == "service":
-        lines.append("\n[Service]")
-        for name, value in unit.get("environment", {}).items():
-            lines.append(f'Environment="{name}={value}"')
-        for key, value in unit["serviceConfig"].items():
-            lines += [f"{key}={v}" for v in _value(value)]
-    else:
-        lines.append("\n[Socket]")
-        lines += [f"ListenStream={s}" for s in unit.get("listenStreams", [])]
-        for key, value in unit["socketConfig"].items():
-            lines += [f"{key}={v}" for v in _value(value)]
-    return "\n".join(lines) + "\n"
 
 
 def verify_units(

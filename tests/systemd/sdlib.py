@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from nixunits import render_unit
 
 if TYPE_CHECKING:
     from testcontainers.core.container import DockerContainer
@@ -170,45 +171,6 @@ def stop(host: Host) -> None:
 
 
 # ----------------------------------------------------------------- unit rendering
-
-
-def _value(value: Any) -> list[str]:
-    items = value if isinstance(value, list) else [value]
-    return ["yes" if v is True else "no" if v is False else str(v) for v in items]
-
-
-def render_unit(kind: str, unit: dict[str, Any]) -> str:
-    """A NixOS unit definition as the unit file nixos/lib/systemd-lib.nix writes (the
-    parts these units use): [Unit] with dependencies and unitConfig, then the type's
-    section; booleans as yes/no, lists as repeated lines."""
-    lines = ["[Unit]"]
-    if unit.get("description"):
-        lines.append(f"Description={unit['description']}")
-    for option, key in [
-        ("requires", "Requires"),
-        ("wants", "Wants"),
-        ("after", "After"),
-        ("before", "Before"),
-        ("bindsTo", "BindsTo"),
-        ("partOf", "PartOf"),
-        ("conflicts", "Conflicts"),
-    ]:
-        if unit.get(option):
-            lines.append(f"{key}={' '.join(unit[option])}")
-    for key, value in unit.get("unitConfig", {}).items():
-        lines += [f"{key}={v}" for v in _value(value)]
-    if kind == "service":
-        lines.append("\n[Service]")
-        for name, value in unit.get("environment", {}).items():
-            lines.append(f'Environment="{name}={value}"')
-        for key, value in unit["serviceConfig"].items():
-            lines += [f"{key}={v}" for v in _value(value)]
-    else:
-        lines.append("\n[Socket]")
-        lines += [f"ListenStream={s}" for s in unit.get("listenStreams", [])]
-        for key, value in unit["socketConfig"].items():
-            lines += [f"{key}={v}" for v in _value(value)]
-    return "\n".join(lines) + "\n"
 
 
 def nix_evaluate(secretivex: dict[str, Any], world: dict[str, Any] | None = None) -> Any:
