@@ -53,10 +53,10 @@
                 pydantic
                 typer
                 orjson
-                rich
                 jsonschema
                 uvloop
-                # tests and tooling
+                # tests and tooling (rich: the bench extra)
+                rich
                 setuptools
                 build
                 pytest

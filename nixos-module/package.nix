@@ -17,7 +17,6 @@
   pydantic,
   typer,
   orjson,
-  rich,
   jsonschema,
   uvloop,
   pytestCheckHook,
@@ -54,7 +53,6 @@ let
     pydantic
     typer
     orjson
-    rich
     jsonschema
     uvloop
   ];
