@@ -272,13 +272,7 @@ def bind_listener(spec: ListenerSpec, backlog: int = 512) -> BoundSocket:
         finally:
             os.umask(old_umask)
         st = path.lstat()
-        os.chmod(path, spec.mode)
-        if spec.owner is not None or spec.group is not None:
-            os.chown(
-                path,
-                -1 if spec.owner is None else spec.owner,
-                -1 if spec.group is None else spec.group,
-            )
+        apply_mode_and_owner(path, spec)
         sock.listen(backlog)
         sock.setblocking(False)
     except ListenerError:
@@ -290,6 +284,17 @@ def bind_listener(spec: ListenerSpec, backlog: int = 512) -> BoundSocket:
             sock.close()
         raise ListenerError(f"{path}: {exc.strerror or exc}") from None
     return BoundSocket(sock, st.st_dev, st.st_ino)
+
+
+def apply_mode_and_owner(path: Path, spec: ListenerSpec) -> None:
+    """Give a socket file the mode, owner and group its listener declares."""
+    os.chmod(path, spec.mode)
+    if spec.owner is not None or spec.group is not None:
+        os.chown(
+            path,
+            -1 if spec.owner is None else spec.owner,
+            -1 if spec.group is None else spec.group,
+        )
 
 
 def unlink_socket(path: Path, dev: int, ino: int) -> None:

@@ -4,7 +4,6 @@ and handles signals (TERM/INT drain and exit, HUP reload, USR1/USR2 metrics)."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,7 @@ from secretivex.agent.limits import ConnectionLimits, ConnectionTracker
 from secretivex.agent.listeners import (
     ListenerError,
     ListenerSpec,
+    apply_mode_and_owner,
     bind_listener,
     resolve_gid,
     resolve_uid,
@@ -512,13 +512,7 @@ def _seconds(ms: int) -> float | None:
 
 def _update_spec(current: ListenerSpec, new: ListenerSpec, *, chmod: bool = True) -> None:
     if chmod and (current.mode, current.owner, current.group) != (new.mode, new.owner, new.group):
-        os.chmod(current.path, new.mode)
-        if new.owner is not None or new.group is not None:
-            os.chown(
-                current.path,
-                -1 if new.owner is None else new.owner,
-                -1 if new.group is None else new.group,
-            )
+        apply_mode_and_owner(current.path, new)
     current.mode, current.owner, current.group = new.mode, new.owner, new.group
     current.keys = new.keys
     current.peer_uids, current.peer_gids = new.peer_uids, new.peer_gids

@@ -55,6 +55,7 @@ from secretivex.config.models import (
     cross_key_problems,
     default_socket_path,
     host_checks,
+    with_store_names,
 )
 from secretivex.config.profiles import (
     DEFAULT_PROFILE,
@@ -636,25 +637,10 @@ def _problems_from_validation(
     if not cross_checked:
         # Field errors stop pydantic before the cross-key rules run: check the raw data
         # too, so one run reports everything.
-        for sub_loc, message in cross_key_problems(_named_stores(merged)):
+        for sub_loc, message in cross_key_problems(with_store_names(merged)):
             emit(tuple(sub_loc), message)
     problems.sort(key=lambda p: (rank.get(p.source, len(rank)), p.line or 0, p.key_path))
     return problems
-
-
-def _named_stores(merged: Mapping[str, Any]) -> dict[str, Any]:
-    """Merged data with the default store names the model would derive (``file-0``)."""
-    stores = merged.get("stores")
-    if not isinstance(stores, list):
-        return dict(merged)
-    named = []
-    for index, item in enumerate(stores):
-        if isinstance(item, dict) and item.get("name") in (None, ""):
-            kind = item.get("type")
-            prefix = kind if isinstance(kind, str) and kind in STORE_TYPES else "store"
-            item = {**item, "name": f"{prefix}-{index}"}
-        named.append(item)
-    return {**merged, "stores": named}
 
 
 def _clean_loc(loc: tuple[str | int, ...]) -> KeyPath:

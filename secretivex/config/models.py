@@ -19,7 +19,7 @@ import grp
 import os
 import pwd
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -1029,6 +1029,22 @@ def _default_stores() -> list[StoreConfig]:
     return [FileStore(type="file", name="file-0")]
 
 
+def with_store_names(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Config data with the default name (``file-0``, ``pkcs11-1``...) given to every
+    store that has none; the model and the loader's cross-key checks both use it."""
+    stores = data.get("stores")
+    if not isinstance(stores, list):
+        return dict(data)
+    named = []
+    for index, item in enumerate(stores):
+        if isinstance(item, dict) and item.get("name") in (None, ""):
+            kind = item.get("type")
+            prefix = kind if isinstance(kind, str) and kind in STORE_TYPES else "store"
+            item = {**item, "name": f"{prefix}-{index}"}
+        named.append(item)
+    return {**data, "stores": named}
+
+
 class SecretivexConfig(BaseModel):
     """The whole effective configuration.
 
@@ -1060,16 +1076,7 @@ class SecretivexConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _derive_store_names(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or not isinstance(data.get("stores"), list):
-            return data
-        stores = []
-        for index, item in enumerate(data["stores"]):
-            if isinstance(item, dict) and item.get("name") in (None, ""):
-                kind = item.get("type")
-                prefix = kind if isinstance(kind, str) and kind in STORE_TYPES else "store"
-                item = {**item, "name": f"{prefix}-{index}"}
-            stores.append(item)
-        return {**data, "stores": stores}
+        return with_store_names(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Self:
