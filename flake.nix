@@ -47,6 +47,7 @@
                 # runtime (pyproject.toml [project.dependencies])
                 anyio
                 cryptography
+                pynacl
                 bcrypt
                 python-pkcs11
                 pyyaml

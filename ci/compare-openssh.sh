@@ -262,6 +262,18 @@ for agent in "${agents[@]}"; do
   sx_stop_agent "$SX_AGENT_PID"
 done
 
+# This host's signing ceiling (in-process signatures/s, one thread and one per CPU):
+# what each agent's crypto library can do before any protocol work, so every ratio
+# above can be read against it.
+ceiling_algorithms="ed25519,ecdsa-p256,rsa-3072"
+if [[ "$short" == 1 ]]; then ceiling_args=(--seconds 0.2 --rounds 1); else ceiling_args=(--seconds 0.5 --rounds 3); fi
+sx bench ceiling --algorithms "$ceiling_algorithms" "${ceiling_args[@]}" >"$SX_TMP/ceiling.md" 2>/dev/null ||
+  echo "(secretivex bench ceiling failed)" >"$SX_TMP/ceiling.md"
+go_ceiling=""
+if [[ " ${agents[*]} " == *" go "* ]]; then
+  go_ceiling="$("$SX_GO_AGENT" -ceiling "${ceiling_args[1]}" 2>&1)" || go_ceiling=""
+fi
+
 ossh_targets="ed25519=8,ecdsa-p256=5,rsa-3072=2.5,reconnect=1,fanout-1000=1"
 go_targets="ed25519=1,ecdsa-p256=1,rsa-3072=1,reconnect=1,fanout-1000=1"
 baselines=()
@@ -307,6 +319,14 @@ compare_json=()
   printf 'Import baseline (`python -c "import cryptography.hazmat.primitives.asymmetric.ed25519, anyio"`, median): %d ms; `secretivex --version`: %d ms (%s x, target <= 1.5 x); agent start-up: %s x (target <= 3 x).\n' \
     "$import_ms" "$version_ms" "$(awk -v a="$version_ms" -v b="$import_ms" 'BEGIN {printf "%.2f", b ? a / b : 0}')" \
     "$(awk -v a="${startup[secretivex]:-0}" -v b="$import_ms" 'BEGIN {printf "%.2f", b ? a / b : 0}')"
+  # shellcheck disable=SC2016 # backquotes are Markdown
+  printf '\n### Signing ceiling of this host (same run)\n\nsecretivex (`secretivex bench ceiling`: cryptography/OpenSSL, Ed25519 through libsodium when PyNaCl is installed):\n\n'
+  grep '^|' "$SX_TMP/ceiling.md" || cat "$SX_TMP/ceiling.md"
+  if [[ -n "$go_ceiling" ]]; then
+    # shellcheck disable=SC2016 # backquotes are Markdown
+    printf '\nGo (`go-agent -ceiling`: x/crypto/ssh signers), signatures/s:\n\n| algorithm | 1 goroutine | %s goroutines |\n| --- | --- | --- |\n' "$(nproc)"
+    awk '{printf "| %s | %\047d | %\047d |\n", $1, $2, $3}' <<<"$go_ceiling"
+  fi
 } >"$out/table.md"
 cat "$out/table.md"
 sx_artifact "$out/table.md" "${compare_json[@]}"

@@ -11,6 +11,7 @@
   setuptools,
   anyio,
   cryptography,
+  pynacl,
   bcrypt,
   python-pkcs11,
   pyyaml,
@@ -47,6 +48,7 @@ let
   runtimeDeps = [
     anyio
     cryptography
+    pynacl
     bcrypt
     python-pkcs11
     pyyaml

@@ -227,7 +227,9 @@ def start_agent(
     env: dict[str, str] | None = None,
     socket_path: Path | None = None,
     wait: bool = True,
+    prefix: tuple[str, ...] = (),
 ) -> AgentProcess:
+    """Start ``secretivex agent`` (``prefix``: a wrapper such as ``prlimit ... --``)."""
     home = tmp / "home"
     home.mkdir(exist_ok=True, mode=0o700)
     sock = socket_path or tmp / "run" / "agent.sock"
@@ -242,7 +244,7 @@ def start_agent(
         full_env.update(env)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [SECRETIVEX, "agent", "--socket", str(sock), *args],
+            [*prefix, SECRETIVEX, "agent", "--socket", str(sock), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=full_env,

@@ -33,7 +33,7 @@ let
     nullOr (oneOf [ bool int float str path (attrsOf yamlValue) (listOf yamlValue) ]) // { description = "YAML value"; };
 
   pythonNames = [
-    "anyio" "cryptography" "bcrypt" "python-pkcs11" "pyyaml" "pydantic" "pydantic-settings"
+    "anyio" "cryptography" "pynacl" "bcrypt" "python-pkcs11" "pyyaml" "pydantic" "pydantic-settings"
     "typer" "orjson" "rich" "jsonschema" "uvloop" "setuptools" "wheel" "pytest" "pytestCheckHook"
     "pytest-timeout" "hypothesis" "paramiko" "asyncssh" "build" "mypy" "types-pyyaml"
     "types-jsonschema" "testcontainers" "ruff"

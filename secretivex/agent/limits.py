@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-import anyio
-
 #: Refusal reasons, as counted in metrics (``connections.rejected``) and logged.
 MAX_CONNECTIONS = "max_connections"
 OWNER_RESERVE = "owner_reserve"
@@ -100,8 +98,8 @@ class ConnectionTracker:
         self.released = 0
         self.next_id = 0
         self.draining = False
-        #: Cancel scopes of connections waiting for their next bytes.
-        self.idle_scopes: set[anyio.CancelScope] = set()
+        #: Connections waiting for their next bytes (``stop_waiting()`` ends the wait).
+        self.idle: set[_Waiting] = set()
 
     @property
     def max_connections(self) -> int:
@@ -150,8 +148,12 @@ class ConnectionTracker:
     def drain(self) -> None:
         """Stop reading new requests; requests already being handled finish."""
         self.draining = True
-        for scope in list(self.idle_scopes):
-            scope.cancel()
+        for waiting in list(self.idle):
+            waiting.stop_waiting()
+
+
+class _Waiting(Protocol):
+    def stop_waiting(self) -> None: ...
 
 
 def _decrement(counts: dict[_K, int], key: _K) -> None:

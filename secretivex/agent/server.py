@@ -3,6 +3,7 @@ and handles signals (TERM/INT drain and exit, HUP reload, USR1/USR2 metrics)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import socket
@@ -12,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import SocketListener, SocketStream, TaskGroup, TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from secretivex.agent import systemd
 from secretivex.agent.audit import AuditLog, AuditPathError
-from secretivex.agent.connection import refusals, serve_connection
+from secretivex.agent.connection import Channel, ConnectionTasks, refusals, serve_channel
 from secretivex.agent.dispatcher import Dispatcher, Limits
 from secretivex.agent.heap import trim_heap
 from secretivex.agent.limits import ConnectionLimits, ConnectionTracker
@@ -124,7 +125,7 @@ def build_listener_specs(settings: RuntimeSettings) -> list[ListenerSpec]:
 @dataclass(eq=False)
 class _Serving:
     spec: ListenerSpec
-    listener: SocketListener
+    sock: socket.socket
     #: Passed in by systemd: the socket file is the service manager's, never ours to
     #: remove or chmod.
     inherited: bool = False
@@ -176,7 +177,8 @@ class Agent:
         self.idle_timeout_s = _seconds(agent.idle_timeout_ms)
         self._serving: dict[Path, _Serving] = {}
         self._tg: TaskGroup | None = None
-        self._conn_tg: TaskGroup | None = None
+        #: Every connection's task (agent/connection.py); closed on shutdown.
+        self.connections = ConnectionTasks()
         self._metrics_scope: anyio.CancelScope | None = None
         self._stopped = anyio.Event()
 
@@ -222,8 +224,7 @@ class Agent:
                 await self._open_listener(spec)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                async with anyio.create_task_group() as conn_tg:
-                    self._conn_tg = conn_tg
+                try:
                     for serving in self._serving.values():
                         tg.start_soon(self._accept_loop, serving)
                     # Handlers first: a SIGHUP right after READY=1 must reload, not kill.
@@ -241,9 +242,12 @@ class Agent:
                     for serving in list(self._serving.values()):
                         serving.scope.cancel()
                     self.tracker.drain()
-                    # Connections finish their request within the grace period; the
-                    # connection task group's deadline cancels whatever is left.
-                    conn_tg.cancel_scope.deadline = anyio.current_time() + SHUTDOWN_GRACE_S
+                    # Connections finish their request within the grace period; what is
+                    # left then is cancelled.
+                    await self.connections.close(SHUTDOWN_GRACE_S)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self.connections.close(0)
                 tg.cancel_scope.cancel()
         finally:
             for serving in list(self._serving.values()):
@@ -306,8 +310,7 @@ class Agent:
                 raise AgentStartupError(str(exc)) from None
             sock, identity = bound.sock, (bound.dev, bound.ino)
         sock.setblocking(False)
-        listener = await SocketListener.from_socket(sock)
-        serving = _Serving(spec, listener, inherited=inherited is not None, identity=identity)
+        serving = _Serving(spec, sock, inherited=inherited is not None, identity=identity)
         self._serving[spec.path] = serving
         return serving
 
@@ -317,27 +320,31 @@ class Agent:
         self._tg.start_soon(self._accept_loop, serving)
 
     async def _accept_loop(self, serving: _Serving) -> None:
-        assert self._conn_tg is not None
-        conn_tg = self._conn_tg
-        with serving.scope:
-            async with serving.listener:
-                while True:
-                    try:
-                        stream: SocketStream = await serving.listener.accept()
-                    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                        return
-                    except OSError as exc:  # EMFILE and friends: back off, keep serving
-                        log.warning("accept on %s failed: %s", serving.spec.path, exc)
-                        await anyio.sleep(0.1)
-                        continue
-                    conn_tg.start_soon(
-                        serve_connection,
-                        stream,
-                        serving.spec,
-                        self.dispatcher,
-                        self.tracker,
-                        self.idle_timeout_s,
-                    )
+        """Serve one listening socket until its scope is cancelled.
+
+        The event loop accepts and creates each connection's transport (in C with
+        uvloop); a new connection starts its task in ``self.connections``. Out of file
+        descriptors, the loop drops pending connections and keeps listening (libuv's
+        reserve descriptor; asyncio pauses accepting for a second).
+        """
+        spec = serving.spec
+
+        def on_made(channel: Channel) -> None:
+            self.connections.spawn(
+                serve_channel(channel, spec, self.dispatcher, self.tracker, self.idle_timeout_s)
+            )
+
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(
+            lambda: Channel(on_made),
+            sock=serving.sock,
+            backlog=self.settings.agent.listen_backlog,
+        )
+        try:
+            with serving.scope:
+                await anyio.sleep_forever()
+        finally:
+            server.close()
 
     # -- signals ----------------------------------------------------------------------
 

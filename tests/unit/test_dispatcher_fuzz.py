@@ -145,10 +145,10 @@ def test_connection_loop_answers_or_closes(stream: bytes, chunk: int) -> None:
 
     async def converse(data: bytes, step: int) -> bytes:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        stream_obj = await anyio.abc.SocketStream.from_socket(ours)
+        ours.setblocking(False)
         received = bytearray()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(serve_connection, stream_obj, spec, dispatcher, tracker, None)
+            tg.start_soon(serve_connection, ours, spec, dispatcher, tracker, None)
             client = await anyio.abc.SocketStream.from_socket(theirs)
             async with client:
                 for i in range(0, len(data), step):

@@ -1,0 +1,97 @@
+"""Item 6, continued: the connection transport (agent/connection.py ``Channel``) keeps
+what a peer can make the agent hold bounded, and running out of file descriptors
+does not end a listener.
+
+- a client that writes requests and never reads the replies: the agent stops reading
+  from it once its replies fill the socket and a bounded buffer (RSS stays within a
+  few MiB), and other clients are served meanwhile;
+- connections beyond the process's descriptor limit are dropped, not fatal: once they
+  close, the same socket serves again (the event loop keeps a reserve descriptor).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from pathlib import Path
+
+from harness import keygen, require_tool, running_agent, wait_until
+from sec_d_helpers import LIST_REQUEST, raw_list, vm_rss_kib
+
+MIB = 1024
+
+
+def _key(tmp: Path) -> Path:
+    keys = tmp / "keys"
+    keys.mkdir(mode=0o700, exist_ok=True)
+    return keygen(keys, "id_ed25519", comment="owner-key")
+
+
+def test_a_client_that_never_reads_cannot_grow_the_agent(tmp_path: Path) -> None:
+    """16 MiB of list requests (3.3 million, each answered with the listing) written by a
+    client that never reads: without back-pressure the agent would queue ~300 MiB of
+    replies. It holds a few MiB and keeps answering another client."""
+    key = _key(tmp_path)
+    with running_agent(tmp_path, "--key", str(key)) as agent:
+        assert raw_list(agent.socket)[:1] == b"\x0c"
+        base = vm_rss_kib(agent.proc.pid)
+        hog = socket.socket(socket.AF_UNIX)
+        hog.connect(str(agent.socket))
+        hog.setblocking(False)
+        chunk = LIST_REQUEST * (64 * 1024 // len(LIST_REQUEST))
+        sent = 0
+        deadline = time.monotonic() + 20
+        while sent < 16 * 1024 * 1024 and time.monotonic() < deadline:
+            try:
+                sent += hog.send(chunk)
+            except BlockingIOError:
+                time.sleep(0.01)  # the agent stopped reading: what we want to see
+        time.sleep(0.5)
+        grown = vm_rss_kib(agent.proc.pid) - base
+        other = raw_list(agent.socket)
+        hog.close()
+        log = agent.log()
+    print(f"\nnever-reading client: wrote {sent / MIB / 1024:.1f} MiB, agent RSS +{grown} KiB")
+    assert other[:1] == b"\x0c", log
+    # The kernel stops the writer once both socket buffers and the agent's bounded
+    # read and write buffers are full.
+    assert sent < 16 * 1024 * 1024, "the agent kept reading without sending replies"
+    assert grown < 16 * MIB, (grown, log)
+    assert "Traceback" not in log, log
+
+
+def test_running_out_of_descriptors_does_not_end_the_listener(tmp_path: Path) -> None:
+    """The agent under a 64-descriptor limit; 200 clients connect and hold on. Those
+    beyond the limit are dropped; once they close, the agent serves again, on the same
+    socket, and its log has no traceback."""
+    require_tool("prlimit")
+    key = _key(tmp_path)
+    with running_agent(
+        tmp_path, "--key", str(key), prefix=("prlimit", "--nofile=64:64", "--")
+    ) as agent:
+        holders: list[socket.socket] = []
+        for _ in range(200):
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(5)
+            try:
+                s.connect(str(agent.socket))
+            except OSError:
+                s.close()
+                continue
+            holders.append(s)
+        time.sleep(0.5)
+        assert agent.proc.poll() is None, agent.log()
+        dropped = 0
+        for s in holders:
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):  # accepted, waiting for a request
+                dropped += s.recv(1) == b""
+            s.close()
+        assert wait_until(lambda: raw_list(agent.socket)[:1] == b"\x0c", timeout=10), agent.log()
+        for _ in range(20):  # and keeps serving
+            assert raw_list(agent.socket)[:1] == b"\x0c"
+        log = agent.log()
+    print(f"\nout of descriptors: {len(holders)} connected, {dropped} dropped; served after")
+    assert dropped > 0, "the descriptor limit was never reached: the test proves nothing"
+    assert "Traceback" not in log, log
