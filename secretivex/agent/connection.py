@@ -13,7 +13,6 @@ beyond the signature itself (see docs/performance.md)."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import socket
 import time
@@ -247,10 +246,23 @@ class Channel(asyncio.Protocol):
     peer that never reads cannot grow the agent's memory.
     """
 
+    # Small per connection: 1,000 idle connections cost ~4 KiB each in all.
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_eof",
+        "_on_made",
+        "_paused",
+        "_reader",
+        "_write_paused",
+        "_writer",
+        "transport",
+    )
+
     def __init__(self, on_made: Callable[[Channel], None] | None = None) -> None:
         self._on_made = on_made
         self.transport: asyncio.Transport | None = None
-        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunks: list[bytes] = []
         self._buffered = 0
         self._eof = False
         self._paused = False
@@ -308,8 +320,8 @@ class Channel(asyncio.Protocol):
     def take(self) -> bytes | None:
         """Everything received so far; b"" once the peer closed; None: nothing yet."""
         if self._chunks:
-            data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
-            self._chunks.clear()
+            data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+            self._chunks = []
             self._buffered = 0
             if self._paused and self.transport is not None:
                 self._paused = False
