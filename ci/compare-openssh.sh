@@ -325,7 +325,8 @@ compare_json=()
   if [[ -n "$go_ceiling" ]]; then
     # shellcheck disable=SC2016 # backquotes are Markdown
     printf '\nGo (`go-agent -ceiling`: x/crypto/ssh signers), signatures/s:\n\n| algorithm | 1 goroutine | %s goroutines |\n| --- | --- | --- |\n' "$(nproc)"
-    awk '{printf "| %s | %\047d | %\047d |\n", $1, $2, $3}' <<<"$go_ceiling"
+    awk 'function c(n, s, t) { s = sprintf("%d", n); t = ""; while (length(s) > 3) { t = "," substr(s, length(s) - 2) t; s = substr(s, 1, length(s) - 3) }; return s t }
+      {printf "| %s | %s | %s |\n", $1, c($2), c($3)}' <<<"$go_ceiling"
   fi
 } >"$out/table.md"
 cat "$out/table.md"
