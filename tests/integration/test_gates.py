@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -161,9 +162,15 @@ def test_compare_openssh_short(tmp_path: Path) -> None:
         assert f"| {scenario} |" in table
     assert "RSS with 20 idle connections" in table
     assert "Load average" in table and "Import baseline" in table
+    # The host's signing ceiling, per algorithm, for secretivex and (when built) Go.
+    ceiling = table.split("### Signing ceiling", 1)[1]
+    for algorithm in ("ed25519", "ecdsa-p256", "rsa-3072"):
+        assert re.search(rf"^\| {algorithm} \| [\d,]+ \|", ceiling, re.M), ceiling
     agents = ["openssh", "secretivex"]
     if (out / "compare-go.json").exists():
         agents.append("go")
+        assert "go-agent -ceiling" in ceiling
+        assert len(re.findall(r"^\| ed25519 \|", ceiling, re.M)) == 2, ceiling
     else:
         assert "Go x/crypto agent skipped:" in table  # says why, never silently
     rows = json.loads((out / "compare-openssh.json").read_text())
