@@ -8,10 +8,10 @@ _DIST = "secretivex"
 
 
 def _installed_version() -> str | None:
-    """The ``Version:`` of the first ``secretivex-*.dist-info`` on ``sys.path``: what
-    ``importlib.metadata.version`` answers for a wheel or editable install, without
-    importing it (zipfile, email, csv: ~20 ms that ``--version`` and the agent's start
-    would pay)."""
+    """The ``Version:`` of the first ``secretivex-*.dist-info`` (or ``secretivex.egg-info``,
+    as a source checkout has) on ``sys.path``: what ``importlib.metadata.version``
+    answers, without importing it (zipfile, email, csv: ~20 ms that ``--version`` and the
+    agent's start would pay, and ~0.5 MiB the agent would keep)."""
     import os
     import sys
 
@@ -22,20 +22,30 @@ def _installed_version() -> str | None:
             continue  # missing, a file, a zip archive: importlib.metadata decides
         for name in sorted(names):
             lowered = name.lower()
-            if lowered.endswith(".egg-info") and lowered.startswith(_DIST):
-                return None  # an older layout: importlib.metadata reads it
-            if not (lowered.startswith(_DIST + "-") and lowered.endswith(".dist-info")):
+            if lowered.startswith(_DIST + "-") and lowered.endswith(".dist-info"):
+                headers = os.path.join(entry or ".", name, "METADATA")
+            elif lowered == _DIST + ".egg-info" or (
+                lowered.startswith(_DIST + "-") and lowered.endswith(".egg-info")
+            ):
+                headers = os.path.join(entry or ".", name)
+                if os.path.isdir(headers):
+                    headers = os.path.join(headers, "PKG-INFO")
+            else:
                 continue
-            try:
-                with open(os.path.join(entry or ".", name, "METADATA"), encoding="utf-8") as f:
-                    for line in f:
-                        if line.startswith("Version:"):
-                            return line.partition(":")[2].strip()
-                        if not line.strip():
-                            break  # end of the headers
-            except OSError:
-                pass
-            return None
+            return _version_header(headers)
+    return None
+
+
+def _version_header(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("Version:"):
+                    return line.partition(":")[2].strip()
+                if not line.strip():
+                    break  # end of the headers
+    except OSError:
+        pass
     return None
 
 

@@ -165,11 +165,7 @@ def _agent_modules(tmp_path: Path, *args: str) -> set[str]:
     env.pop("SECRETIVEX_CONFIG", None)
     argv = [sys.executable, "-c", MODULES_AT_EXIT, str(out), "agent", "--socket", str(sock)]
     # --print-env: one line once the agent serves (signal handlers in place).
-    # Outside the source tree: its secretivex.egg-info would send __version__ to
-    # importlib.metadata, as importlib.metadata itself would read it first.
-    proc = subprocess.Popen(
-        [*argv, "--print-env", *args], stdout=subprocess.PIPE, env=env, cwd=tmp_path
-    )
+    proc = subprocess.Popen([*argv, "--print-env", *args], stdout=subprocess.PIPE, env=env)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith(b"SSH_AUTH_SOCK=")
