@@ -70,11 +70,15 @@ def run(options: AgentOptions) -> int:
     # Start-up allocates a great many long-lived objects (modules, classes) and no
     # garbage: collecting during it only costs time. ``_settle`` turns collection back
     # on once the agent listens.
+    collecting = gc.isenabled()
     gc.disable()
     try:
         _run(options)
     except Exit as exc:
         return exc.code
+    finally:
+        if collecting:  # left before listening (an error, --kill): as it was
+            gc.enable()
     return 0
 
 

@@ -257,3 +257,16 @@ def test_the_agent_listens_within_a_few_times_pythons_import_baseline(tmp_path: 
     assert min(ratios) <= START_BOUND, (
         f"agent start {statistics.median(starts):.0f} ms = {ratios} x the import baseline"
     )
+
+
+def test_an_agent_run_that_ends_before_listening_leaves_garbage_collection_on(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import gc
+
+    from secretivex.cli.agent_run import AgentOptions, run
+
+    assert gc.isenabled()
+    assert run(AgentOptions(csh=True, sh=True)) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    assert gc.isenabled()
