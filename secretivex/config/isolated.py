@@ -20,6 +20,7 @@ then is unsafe), e.g. when the CLI runs inside a test process.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import marshal
 import os
 import sys
@@ -98,6 +99,7 @@ class AgentConfigRequest:
 # Only the dataclasses named here are ever rebuilt.
 
 
+@functools.cache
 def _wire_classes() -> dict[str, type[Any]]:
     names = [getattr(runtime, name) for name in runtime.__all__]
     classes = [c for c in names if isinstance(c, type) and dataclasses.is_dataclass(c)]
