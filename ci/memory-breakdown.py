@@ -7,6 +7,9 @@ Two views, each from real processes:
    agent holding N idle connections;
 2. tracemalloc: the agent's live Python allocations once it listens, by package.
 
+The agent validates its config in a short-lived child (secretivex.config.isolated): the
+agent process itself never imports pydantic or the config models.
+
 Usage: .venv/bin/python ci/memory-breakdown.py [--connections 1000] [--out FILE.md]
 """
 
@@ -28,14 +31,13 @@ LAYERS: list[tuple[str, str]] = [
     ("+ anyio, uvloop", "import anyio, uvloop"),
     ("+ cryptography (ed25519, ec, rsa)",
      "import anyio, uvloop\nfrom cryptography.hazmat.primitives.asymmetric import ed25519, ec, rsa"),
-    ("+ pydantic", "import anyio, uvloop, pydantic\n"
-     "from cryptography.hazmat.primitives.asymmetric import ed25519, ec, rsa"),
-    ("+ secretivex.config (models built)", "import anyio, uvloop\n"
+    ("+ the agent's modules (server, stores, policy, runtime settings)", "import anyio, uvloop\n"
      "from cryptography.hazmat.primitives.asymmetric import ed25519, ec, rsa\n"
-     "import secretivex.config"),
-    ("+ the agent's modules (server, stores, policy)", "import anyio, uvloop\n"
+     "import secretivex.agent.server, secretivex.cli.agent_run, secretivex.config.isolated"),
+    ("(not in the agent: + pydantic and the config models, its loader child)",
+     "import anyio, uvloop\n"
      "from cryptography.hazmat.primitives.asymmetric import ed25519, ec, rsa\n"
-     "import secretivex.config, secretivex.agent.server, secretivex.cli.agent_cmd"),
+     "import secretivex.agent.server, secretivex.config.loader"),
 ]  # fmt: skip
 
 PROBE = """
@@ -93,7 +95,9 @@ def dump():
             f.write(f'{key} {size}\\n')
         f.write(f'TOTAL {sum(per.values())}\\n')
     os.kill(os.getpid(), signal.SIGTERM)
-threading.Thread(target=dump, daemon=True).start()
+# After the fork that validates the config in a child: a thread before it would make
+# the agent load the config in-process (it never forks once threads run).
+os.register_at_fork(after_in_parent=lambda: threading.Thread(target=dump, daemon=True).start())
 sys.argv = ['secretivex', 'agent', '--socket', sock]
 from secretivex.cli.main import main
 main()

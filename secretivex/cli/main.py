@@ -141,10 +141,11 @@ _AGENT_FAST_OPTIONS: dict[str, tuple[str, bool, bool]] = {
 
 
 def _parse_agent_fast(argv: list[str]) -> dict[str, Any] | None:
-    """The agent's keyword arguments for a plain foreground start, or None to let typer
-    parse. typer 0.29 builds a pydantic TypeAdapter per option while parsing: on the
-    agent's start (socket activation, the first ``ssh`` of a session) that is most of
-    the CLI's cost, so the common forms skip it."""
+    """The agent's options (``AgentOptions`` fields) for a plain foreground start, or
+    None to let typer parse. Importing typer and click, and typer 0.29 building a
+    pydantic TypeAdapter per option while parsing, cost more than the rest of the
+    agent's start (socket activation, the first ``ssh`` of a session), so the common
+    forms skip them."""
     from pathlib import Path
 
     values: dict[str, Any] = {"config": [], "key": []}
@@ -173,30 +174,12 @@ def _parse_agent_fast(argv: list[str]) -> dict[str, Any] | None:
 
 
 def _run_agent_fast(values: dict[str, Any]) -> None:
-    import typer
+    """A plain start: straight to the agent, no typer or click imported."""
+    from secretivex.cli.agent_run import AgentOptions, run
 
-    from secretivex.cli import agent_cmd
-
-    class _NoSubcommand:
-        invoked_subcommand = None
-
-    kwargs: dict[str, Any] = {
-        "socket": None,
-        "daemon": False,
-        "foreground": False,
-        "debug": False,
-        "kill": False,
-        "csh": False,
-        "sh": False,
-        "lifetime": None,
-        "log_file": None,
-        "print_env": False,
-        **values,
-    }
-    try:
-        agent_cmd.agent(_NoSubcommand(), **kwargs)  # type: ignore[arg-type]
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+    code = run(AgentOptions(**values))
+    if code:
+        sys.exit(code)
 
 
 def main() -> None:

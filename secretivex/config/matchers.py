@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -151,6 +150,8 @@ def _check_key_type(name: str) -> str:
         raise MatcherError(
             f"{name} is a signature algorithm; the key type is {_SIGNATURE_ALGORITHMS[name]}"
         )
+    import difflib  # only for an error message
+
     hint = difflib.get_close_matches(name, KEY_TYPES, n=1)
     if not hint and ("ssh-" + name) in KEY_TYPES:
         hint = ["ssh-" + name]

@@ -7,9 +7,7 @@ See ``docs/metrics.md`` for every field and the compatibility policy.
 
 from __future__ import annotations
 
-import json
 from functools import cache
-from importlib import resources
 from typing import Any
 
 from secretivex.metrics.guardrails import (
@@ -60,10 +58,14 @@ __all__ = [
 
 @cache
 def _schema_text() -> str:
+    from importlib import resources  # only for the schema: not on the agent's path
+
     return resources.files("secretivex.metrics").joinpath("snapshot.schema.json").read_text()
 
 
 def snapshot_schema() -> dict[str, Any]:
     """The JSON Schema of metrics snapshots (a fresh copy)."""
+    import json
+
     data: dict[str, Any] = json.loads(_schema_text())
     return data

@@ -12,8 +12,6 @@ warned about once, naming the file, never its content.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
 import stat
@@ -39,6 +37,8 @@ class SecretUnavailable(StoreError):
 def _scrub_initial_environment(name: str) -> None:
     """Overwrite the value in the process's initial environment block (what
     ``/proc/PID/environ`` shows, even to root) before unsetting it; best effort."""
+    import ctypes.util  # shutil, subprocess, tempfile: only when a secret is taken
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.getenv.restype = ctypes.c_void_p

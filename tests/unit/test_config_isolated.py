@@ -1,0 +1,216 @@
+"""The agent's config, validated in a child process: the same settings, problems and
+warnings as an in-process load, through a fork (start) and a fresh interpreter (reload)."""
+
+from __future__ import annotations
+
+import marshal
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from secretivex.config.errors import ConfigError
+from secretivex.config.isolated import (
+    AgentConfigRequest,
+    ConfigLoaderError,
+    _decode,
+    _dumps,
+    _encode,
+    _loads,
+    load_in_subprocess,
+    start_load,
+)
+from secretivex.config.matchers import parse_matcher
+from secretivex.config.runtime import (
+    FileStoreSettings,
+    Pkcs11StoreSettings,
+    RuntimeSettings,
+    UpstreamStoreSettings,
+)
+
+FULL = """\
+agent:
+  profile: fanout
+  default_lifetime: 1h
+stores:
+  - type: file
+    paths: [{keys}]
+    passphrase_env: SOME_PASSPHRASE
+  - type: pkcs11
+    module: /bin/sh
+    token_label: ci
+    pin_command: [/bin/echo, "1234"]
+  - type: upstream
+    socket: /run/other/agent.sock
+policy:
+  allow: ["comment:ci-*", "type:ssh-ed25519"]
+  confirm:
+    command: [/bin/true]
+    keys: ["SHA256:{fp}"]
+listeners:
+  - socket: {tmp}/team.sock
+    mode: "0660"
+    owner: 0
+    keys: ["comment:team-*"]
+    peers: {{uids: [0], gids: [root]}}
+metrics:
+  path: {tmp}/metrics.json
+audit:
+  path: "-"
+logging:
+  level: debug
+  format: json
+"""
+FINGERPRINT = "A" * 43
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    for name in list(os.environ):
+        if name.startswith("SECRETIVEX_"):
+            monkeypatch.delenv(name)
+
+
+def _request(tmp_path: Path, text: str = FULL, **kw: object) -> AgentConfigRequest:
+    config = tmp_path / "agent.yaml"
+    config.write_text(text.format(keys=tmp_path / "keys", fp=FINGERPRINT, tmp=tmp_path))
+    return AgentConfigRequest(
+        config_files=(config,),
+        socket=tmp_path / "agent.sock",
+        keys=(tmp_path / "id_ed25519",),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_every_kind_of_setting_crosses_the_wire_unchanged(tmp_path: Path) -> None:
+    settings, warnings = _request(tmp_path, default_lifetime_s=90).load()
+    assert [type(s) for s in settings.stores] == [
+        FileStoreSettings,
+        Pkcs11StoreSettings,
+        UpstreamStoreSettings,
+        FileStoreSettings,  # --key: the "cli" store, listed last
+    ]
+    assert settings.stores[-1] == FileStoreSettings("cli", (tmp_path / "id_ed25519",))
+    assert settings.agent.default_lifetime_s == 90  # -t wins over the file
+    assert settings.policy.confirm.keys == (parse_matcher("SHA256:" + FINGERPRINT),)
+    assert settings.listeners[0].mode == 0o660
+    assert _loads(_dumps(settings)) == settings
+    assert _loads(_dumps(("ok", settings, warnings))) == ("ok", settings, warnings)
+
+
+def test_the_wire_carries_plain_values_and_known_dataclasses_only() -> None:
+    value = ("T", "not a tag", ["L"], None, True, 3, 2.5, b"x")
+    assert _decode(_encode(value)) == value
+    assert _decode(_encode([("a",), Path("/p")])) == [("a",), Path("/p")]
+
+    class Stranger:
+        pass
+
+    with pytest.raises(TypeError):
+        _encode(Stranger())
+    with pytest.raises(KeyError):
+        _decode(("D", "Stranger"))
+
+
+def test_a_forked_load_returns_what_an_in_process_load_does(tmp_path: Path) -> None:
+    request = _request(tmp_path)
+    pending = start_load(request)
+    assert pending._pid is not None  # pytest runs no other thread here: it forked
+    assert pending.result() == request.load()
+
+
+def test_config_problems_and_warnings_come_back_as_the_same_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SECRETIVEX_AGENT_MAX_SIGNERS", "1")  # one "_": a warning
+    bad = "agent:\n  max_connections: 0\n  bogus: 1\n"
+    request = _request(tmp_path, bad)
+    with pytest.raises(ConfigError) as direct:
+        request.load()
+    with pytest.raises(ConfigError) as forked:
+        start_load(request).result()
+    with pytest.raises(ConfigError) as fresh:
+        load_in_subprocess(request)
+    for caught in (forked, fresh):
+        assert caught.value.problems == direct.value.problems
+        assert caught.value.warnings == direct.value.warnings
+        assert str(caught.value) == str(direct.value)
+    assert len(direct.value.problems) == 2 and direct.value.warnings
+
+
+def test_a_reload_runs_in_a_fresh_interpreter_with_the_same_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request = _request(tmp_path, "agent:\n  profile: pssh\n")
+    monkeypatch.setenv("SECRETIVEX_AGENT__MAX_SIGNERS", "3")
+    settings, warnings = load_in_subprocess(request)
+    assert (settings, warnings) == request.load()
+    assert settings.agent.profile == "pssh" and settings.agent.max_signers == 3
+
+
+def test_a_loader_that_dies_is_a_loader_error_not_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request = _request(tmp_path)
+
+    def crash(self: AgentConfigRequest) -> object:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(AgentConfigRequest, "load", crash)
+    with pytest.raises(ConfigLoaderError, match="RuntimeError: boom"):
+        start_load(request).result()
+
+    def die(self: AgentConfigRequest) -> object:
+        os._exit(9)
+
+    monkeypatch.setattr(AgentConfigRequest, "load", die)
+    with pytest.raises(ConfigLoaderError, match="status 9"):
+        start_load(request).result()
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    with pytest.raises(ConfigLoaderError, match="cannot start"):
+        load_in_subprocess(request)
+
+
+def test_a_process_with_threads_loads_in_process(tmp_path: Path) -> None:
+    request = _request(tmp_path)
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        pending = start_load(request)
+    finally:
+        stop.set()
+        thread.join()
+    assert pending._pid is None
+    assert pending.result() == request.load()
+
+
+def test_the_loader_process_keeps_stray_output_off_the_answer(tmp_path: Path) -> None:
+    # Whatever the loader prints goes to stderr; stdout carries only the answer.
+    code = (
+        "import marshal, sys\n"
+        "from secretivex.config import isolated\n"
+        "real = isolated.AgentConfigRequest.load\n"
+        "def noisy(self):\n"
+        "    print('noise on stdout')\n"
+        "    return real(self)\n"
+        "isolated.AgentConfigRequest.load = noisy\n"
+        "isolated.serve(marshal.load(sys.stdin.buffer))\n"
+    )
+    request = _request(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        input=marshal.dumps(_encode(request)),
+        capture_output=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert b"noise on stdout" in proc.stderr
+    kind, settings, _ = _loads(proc.stdout)
+    assert kind == "ok" and isinstance(settings, RuntimeSettings)
