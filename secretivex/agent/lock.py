@@ -14,7 +14,7 @@ that keeps the owner's own ``ssh-add -X`` waiting behind minutes of penalties.
 from __future__ import annotations
 
 import hmac
-import secrets
+import os
 
 import anyio
 import bcrypt
@@ -65,7 +65,7 @@ class AgentLock:
             raise EmptyPassphrase("empty lock passphrase is not supported")
         if self.locked:
             return False
-        salt = secrets.token_bytes(16)
+        salt = os.urandom(16)
         digest = await anyio.to_thread.run_sync(_hash, passphrase, salt, limiter=self._limiter)
         if self.locked:  # another connection locked it meanwhile
             return False
