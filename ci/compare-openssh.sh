@@ -99,6 +99,13 @@ sx_metrics="$SX_TMP/metrics.json"
 # Ed25519 module and anyio, and `secretivex --version`.
 sx_python="$(dirname "$SX_BIN")/python"
 [[ -x "$sx_python" ]] || sx_python=python3
+# Measured as installed: pip, Nix and the image compile bytecode at install time, while
+# an editable checkout under PYTHONDONTWRITEBYTECODE=1 would recompile every start.
+for src in "$SX_ROOT" "${COMPARE_REF_SRC:-}"; do
+  if [[ -n "$src" && -d "$src/secretivex" ]]; then
+    "$sx_python" -m compileall -q "$src/secretivex" >/dev/null 2>&1 || true
+  fi
+done
 now_ns() { date +%s%N; }
 startup_once() {
   local kind="$1" socket="$SX_RUN/startup-$1.sock"
