@@ -208,3 +208,12 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def owner_key(tmp: Path) -> Path:
+    """The agent owner's Ed25519 key (comment ``owner-key``) under ``tmp/keys``."""
+    from harness import keygen
+
+    keys = tmp / "keys"
+    keys.mkdir(mode=0o700, exist_ok=True)
+    return keygen(keys, "id_ed25519", comment="owner-key")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import keygen, require_tool, run, running_agent, start_agent, wait_for_socket
+from harness import require_tool, run, running_agent, start_agent, wait_for_socket
 from sec_d_helpers import (
     LIST_REQUEST,
     MAX_FRAME,
@@ -33,6 +33,7 @@ from sec_d_helpers import (
     config_file,
     holder_count,
     metrics_snapshot,
+    owner_key,
     raw_list,
     read_frame,
     settled_rss_kib,
@@ -45,18 +46,12 @@ from sec_d_helpers import (
 MIB = 1024
 
 
-def _key(tmp: Path) -> Path:
-    keys = tmp / "keys"
-    keys.mkdir(mode=0o700, exist_ok=True)
-    return keygen(keys, "id_ed25519", comment="owner-key")
-
-
 def test_other_uid_cannot_lock_the_owner_out(tmp_path: Path) -> None:
     """300 idle connections from uid 65534 on a listener that admits it: the owner's
     ssh-add -l on the main socket still works. The same uid against OpenSSH's
     ssh-agent is refused outright (it serves its own uid only)."""
     require_tool("setpriv", "ssh-agent")
-    key = _key(tmp_path)
+    key = owner_key(tmp_path)
     with shared_dir() as shared:
         ci = shared / "ci.sock"
         cfg = config_file(
@@ -273,7 +268,7 @@ def test_pipelined_requests_do_not_starve_other_clients(tmp_path: Path) -> None:
     """One client writes 13,107 list requests per 64 KiB write, several writes back to
     back (a reader thread drains the replies), so the agent is busy with its batches the
     whole time; a second client's list latency is measured meanwhile."""
-    key = _key(tmp_path)
+    key = owner_key(tmp_path)
     per_write = (64 * 1024) // len(LIST_REQUEST)
     writes = 8
     with running_agent(tmp_path, "--key", str(key)) as agent:

@@ -16,23 +16,17 @@ import socket
 import time
 from pathlib import Path
 
-from harness import keygen, require_tool, running_agent, wait_until
-from sec_d_helpers import LIST_REQUEST, raw_list, vm_rss_kib
+from harness import require_tool, running_agent, wait_until
+from sec_d_helpers import LIST_REQUEST, owner_key, raw_list, vm_rss_kib
 
 MIB = 1024
-
-
-def _key(tmp: Path) -> Path:
-    keys = tmp / "keys"
-    keys.mkdir(mode=0o700, exist_ok=True)
-    return keygen(keys, "id_ed25519", comment="owner-key")
 
 
 def test_a_client_that_never_reads_cannot_grow_the_agent(tmp_path: Path) -> None:
     """16 MiB of list requests (3.3 million, each answered with the listing) written by a
     client that never reads: without back-pressure the agent would queue ~300 MiB of
     replies. It holds a few MiB and keeps answering another client."""
-    key = _key(tmp_path)
+    key = owner_key(tmp_path)
     with running_agent(tmp_path, "--key", str(key)) as agent:
         assert raw_list(agent.socket)[:1] == b"\x0c"
         base = vm_rss_kib(agent.proc.pid)
@@ -66,7 +60,7 @@ def test_running_out_of_descriptors_does_not_end_the_listener(tmp_path: Path) ->
     beyond the limit are dropped; once they close, the agent serves again, on the same
     socket, and its log has no traceback."""
     require_tool("prlimit")
-    key = _key(tmp_path)
+    key = owner_key(tmp_path)
     with running_agent(
         tmp_path, "--key", str(key), prefix=("prlimit", "--nofile=64:64", "--")
     ) as agent:
