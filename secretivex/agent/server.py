@@ -226,7 +226,7 @@ class Agent:
                 self._tg = tg
                 try:
                     for serving in self._serving.values():
-                        tg.start_soon(self._accept_loop, serving)
+                        tg.start_soon(self._serve_listener, serving)
                     # Handlers first: a SIGHUP right after READY=1 must reload, not kill.
                     await tg.start(self._signals)
                     for store in self.registry.stores:
@@ -317,9 +317,9 @@ class Agent:
     async def _start_listener(self, spec: ListenerSpec) -> None:
         serving = await self._open_listener(spec)
         assert self._tg is not None
-        self._tg.start_soon(self._accept_loop, serving)
+        self._tg.start_soon(self._serve_listener, serving)
 
-    async def _accept_loop(self, serving: _Serving) -> None:
+    async def _serve_listener(self, serving: _Serving) -> None:
         """Serve one listening socket until its scope is cancelled.
 
         The event loop accepts and creates each connection's transport (in C with
