@@ -18,14 +18,14 @@ import signal
 import socket
 import statistics
 import struct
-import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import require_tool, run, running_agent, start_agent, wait_for_socket
+from harness import require_tool, run, running_agent, start_agent
+from sec_c_helpers import openssh_agent
 from sec_d_helpers import (
     LIST_REQUEST,
     MAX_FRAME,
@@ -89,15 +89,7 @@ def test_other_uid_cannot_lock_the_owner_out(tmp_path: Path) -> None:
                 stop_holder(holder)
 
         # OpenSSH's ssh-agent: no listeners, no other uid is ever served.
-        ossh_sock = shared / "openssh.sock"
-        ossh = subprocess.Popen(
-            ["ssh-agent", "-D", "-a", str(ossh_sock)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            wait_for_socket(ossh_sock, proc=ossh)  # type: ignore[arg-type]
+        with openssh_agent(shared) as ossh_sock:
             ossh_sock.chmod(0o666)
             holder = start_holder(ossh_sock, 300)
             try:
@@ -109,9 +101,6 @@ def test_other_uid_cannot_lock_the_owner_out(tmp_path: Path) -> None:
                 )
             finally:
                 stop_holder(holder)
-        finally:
-            ossh.terminate()
-            ossh.wait(10)
         assert ossh_served == 0
         assert ossh_owner.returncode == 1  # served: "The agent has no identities."
     print(
