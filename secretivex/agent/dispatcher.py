@@ -1,4 +1,4 @@
-"""Where every agent message is handled: one method per message type (see ``_handlers``).
+"""Where every agent message is handled: one method per message type (see ``_routes``).
 
 The dispatcher is transport-free: it takes a parsed request and a connection context
 and returns a complete reply frame. The connection loop (``agent/connection.py``) owns
@@ -102,6 +102,30 @@ class Refused(Exception):
 
 
 Handler = Callable[[ConnectionContext, Any], Awaitable[bytes]]
+#: A handler's synchronous part: the reply, or None when the request must wait.
+QuickHandler = Callable[[ConnectionContext, Any], "bytes | None"]
+
+#: What a locked agent still answers.
+_WHILE_LOCKED = frozenset((RequestKind.UNLOCK, RequestKind.LIST))
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """How one message type is handled: ``handler`` always can; ``now``, when set,
+    answers without waiting whenever it can (returning None when it cannot)."""
+
+    kind: RequestKind
+    handler: Handler
+    now: QuickHandler | None = None
+
+
+@dataclass(slots=True)
+class Pending:
+    """A parsed request :meth:`Dispatcher.answer_now` left for :meth:`Dispatcher.answer_later`."""
+
+    route: _Route
+    request: Any
+    start_ns: int
 
 
 class Dispatcher:
@@ -135,23 +159,39 @@ class Dispatcher:
         self._listing_frames: dict[int, tuple[tuple[Identity, ...], bytes]] = {}
         self._truncation_warned_at = -math.inf
         self._constrained_memo: tuple[tuple[Identity, ...] | None, bool] = (None, False)
-        self._handlers: dict[type, tuple[RequestKind, Handler]] = {
-            protocol.RequestIdentities: (RequestKind.LIST, self.request_identities),
-            protocol.SignRequest: (RequestKind.SIGN, self.sign),
-            protocol.AddIdentity: (RequestKind.ADD, self.add_identity),
-            protocol.RemoveIdentity: (RequestKind.REMOVE, self.remove_identity),
-            protocol.RemoveAllIdentities: (RequestKind.REMOVE_ALL, self.remove_all),
-            protocol.AddSmartcardKey: (RequestKind.ADD_SMARTCARD, self.add_smartcard),
-            protocol.RemoveSmartcardKey: (RequestKind.REMOVE_SMARTCARD, self.remove_smartcard),
-            protocol.Lock: (RequestKind.LOCK, self.lock_agent),
-            protocol.Unlock: (RequestKind.UNLOCK, self.unlock_agent),
-            protocol.Extension: (RequestKind.EXTENSION, self.extension),
+        self._routes: dict[type, _Route] = {
+            protocol.RequestIdentities: _Route(
+                RequestKind.LIST, self.request_identities, self.identities_now
+            ),
+            protocol.SignRequest: _Route(RequestKind.SIGN, self.sign, self.sign_now),
+            protocol.AddIdentity: _Route(RequestKind.ADD, self.add_identity),
+            protocol.RemoveIdentity: _Route(RequestKind.REMOVE, self.remove_identity),
+            protocol.RemoveAllIdentities: _Route(RequestKind.REMOVE_ALL, self.remove_all),
+            protocol.AddSmartcardKey: _Route(RequestKind.ADD_SMARTCARD, self.add_smartcard),
+            protocol.RemoveSmartcardKey: _Route(
+                RequestKind.REMOVE_SMARTCARD, self.remove_smartcard
+            ),
+            protocol.Lock: _Route(RequestKind.LOCK, self.lock_agent),
+            protocol.Unlock: _Route(RequestKind.UNLOCK, self.unlock_agent),
+            protocol.Extension: _Route(RequestKind.EXTENSION, self.extension),
         }
 
     # -- entry point ------------------------------------------------------------------
 
     async def handle(self, ctx: ConnectionContext, payload: bytes) -> bytes:
         """Parse one payload, run its handler, observe, and return the reply frame."""
+        reply = self.answer_now(ctx, payload)
+        if isinstance(reply, bytes):
+            return reply
+        return await self.answer_later(ctx, reply)
+
+    def answer_now(self, ctx: ConnectionContext, payload: bytes) -> bytes | Pending:
+        """The reply frame when the request needs no waiting, else a ``Pending`` for
+        :meth:`answer_later`.
+
+        Called from the connection's data callback: most requests (a software-key
+        signature, a listing from the cache, anything refused) end here, without a task
+        or a coroutine per request (see docs/performance.md)."""
         start = time.perf_counter_ns()
         try:
             request = protocol.parse_request(payload)
@@ -160,27 +200,53 @@ class Dispatcher:
                 ctx, RequestKind.MALFORMED, RequestOutcome.BAD_REQUEST, start, detail=str(exc)
             )
             return FAILURE
-        entry = self._handlers.get(type(request))
-        if entry is None:
+        route = self._routes.get(type(request))
+        if route is None:
             self._observe(ctx, RequestKind.UNKNOWN, RequestOutcome.UNSUPPORTED, start)
             return FAILURE
-        kind, handler = entry
-        if self.lock.locked and kind not in (RequestKind.UNLOCK, RequestKind.LIST):
+        if self.lock.locked and route.kind not in _WHILE_LOCKED:
+            self._observe(ctx, route.kind, RequestOutcome.LOCKED, start)
+            return FAILURE
+        if route.now is not None:
+            try:
+                reply = route.now(ctx, request)
+            except Refused as exc:
+                return self._refused(ctx, route.kind, exc, start)
+            except Exception:
+                log.exception("internal error handling %s", route.kind)
+                self._observe(ctx, route.kind, RequestOutcome.INTERNAL_ERROR, start)
+                return FAILURE
+            if reply is not None:
+                self._observe(ctx, route.kind, RequestOutcome.OK, start, request=request)
+                return reply
+        return Pending(route, request, start)
+
+    async def answer_later(self, ctx: ConnectionContext, pending: Pending) -> bytes:
+        """Finish a request :meth:`answer_now` could not (confirmation, a token or an
+        upstream agent, an add, a lock): awaited in the connection's task."""
+        kind, start = pending.route.kind, pending.start_ns
+        if self.lock.locked and kind not in _WHILE_LOCKED:
+            # Locked since answer_now looked: the lock's reply went out first.
             self._observe(ctx, kind, RequestOutcome.LOCKED, start)
             return FAILURE
         try:
-            reply = await handler(ctx, request)
+            reply = await pending.route.handler(ctx, pending.request)
         except Refused as exc:
-            self._observe(ctx, kind, exc.outcome, start, exc.fingerprint, exc.detail)
-            if exc.outcome is RequestOutcome.EXT_FAILURE:
-                return protocol.EXTENSION_FAILURE_FRAME
-            return FAILURE
+            return self._refused(ctx, kind, exc, start)
         except Exception:
             log.exception("internal error handling %s", kind)
             self._observe(ctx, kind, RequestOutcome.INTERNAL_ERROR, start)
             return FAILURE
-        self._observe(ctx, kind, RequestOutcome.OK, start, request=request)
+        self._observe(ctx, kind, RequestOutcome.OK, start, request=pending.request)
         return reply
+
+    def _refused(
+        self, ctx: ConnectionContext, kind: RequestKind, exc: Refused, start_ns: int
+    ) -> bytes:
+        self._observe(ctx, kind, exc.outcome, start_ns, exc.fingerprint, exc.detail)
+        if exc.outcome is RequestOutcome.EXT_FAILURE:
+            return protocol.EXTENSION_FAILURE_FRAME
+        return FAILURE
 
     def _observe(
         self,
@@ -223,7 +289,15 @@ class Dispatcher:
     async def request_identities(self, ctx: ConnectionContext, _: Any) -> bytes:
         if self.lock.locked:
             return protocol.encode_identities_answer(())
-        idents = await self.registry.identities()
+        return self._listing(ctx, await self.registry.identities())
+
+    def identities_now(self, ctx: ConnectionContext, _: Any) -> bytes | None:
+        if self.lock.locked:
+            return protocol.encode_identities_answer(())
+        idents = self.registry.listing_now()
+        return None if idents is None else self._listing(ctx, idents)
+
+    def _listing(self, ctx: ConnectionContext, idents: tuple[Identity, ...]) -> bytes:
         # Only a bound connection with destination-constrained keys around needs its own
         # listing; everyone else shares the listener's cached frame.
         bound = bool(ctx.bindings) and self._constrained(idents)
@@ -292,6 +366,37 @@ class Dispatcher:
 
     async def sign(self, ctx: ConnectionContext, req: protocol.SignRequest) -> bytes:
         found = await self.registry.owner(req.key_blob)
+        store, ident, destination = self._sign_target(ctx, req, found)
+        if self.policy.needs_confirm(ident):
+            await self._confirm(ctx, ident, req, destination)
+        key = store.local_key(ident.blob)
+        if key is not None and signing.signs_inline(key):
+            return self._sign_inline(store, ident, key, req)
+        signature = await self._sign_slow(store, ident, req, key)
+        self.metrics.on_sign(store.name)
+        return protocol.encode_sign_response(signature)
+
+    def sign_now(self, ctx: ConnectionContext, req: protocol.SignRequest) -> bytes | None:
+        """A software key's signature (tens of microseconds) when nothing needs waiting
+        for: a confirmation, a token, an upstream agent or a big key go to ``sign``."""
+        if not self.registry.listing_fresh():
+            return None
+        store, ident, _ = self._sign_target(ctx, req, self.registry.owner_now(req.key_blob))
+        if self.policy.needs_confirm(ident):
+            return None
+        key = store.local_key(ident.blob)
+        if key is None or not signing.signs_inline(key):
+            return None
+        return self._sign_inline(store, ident, key, req)
+
+    def _sign_target(
+        self,
+        ctx: ConnectionContext,
+        req: protocol.SignRequest,
+        found: tuple[KeyStore, Identity] | None,
+    ) -> tuple[KeyStore, Identity, str]:
+        """The key's store, the key and its destination, once this connection may sign
+        with it (else ``Refused``)."""
         if found is None:
             raise Refused(RequestOutcome.NOT_FOUND)
         store, ident = found
@@ -305,18 +410,18 @@ class Dispatcher:
             if not verdict.allowed:
                 raise Refused(RequestOutcome.DESTINATION_DENIED, verdict.reason, key=ident)
             destination = verdict.destination
-        if self.policy.needs_confirm(ident):
-            await self._confirm(ctx, ident, req, destination)
-        key = store.local_key(ident.blob)
-        if key is not None and signing.signs_inline(key):
-            # Software key: tens of microseconds, signed inline (no queue, no thread hop).
-            try:
-                signature: bytes = key.sign(req.data, req.flags)
-            except Exception as exc:
-                raise Refused(RequestOutcome.SIGN_ERROR, str(exc), key=ident) from None
-            self.metrics.on_queue_wait(0)
-        else:
-            signature = await self._sign_slow(store, ident, req, key)
+        return store, ident, destination
+
+    def _sign_inline(
+        self, store: KeyStore, ident: Identity, key: SoftwareKey, req: protocol.SignRequest
+    ) -> bytes:
+        """Sign on the event loop: no queue, no thread hop (keys/signing.py decides
+        which keys are cheap enough)."""
+        try:
+            signature: bytes = key.sign(req.data, req.flags)
+        except Exception as exc:
+            raise Refused(RequestOutcome.SIGN_ERROR, str(exc), key=ident) from None
+        self.metrics.on_queue_wait(0)
         self.metrics.on_sign(store.name)
         return protocol.encode_sign_response(signature)
 

@@ -78,7 +78,7 @@ class ConnectionLimits:
 
 class ConnectionTracker:
     """Live connections by listener and uid, the shared frame-byte budget, and the
-    idle connections shutdown cancels."""
+    connections shutdown drains."""
 
     def __init__(self, limits: ConnectionLimits | int, owner_uid: int | None = None) -> None:
         if isinstance(limits, int):  # just a global limit: the rest derived as from config
@@ -98,8 +98,8 @@ class ConnectionTracker:
         self.released = 0
         self.next_id = 0
         self.draining = False
-        #: Connections waiting for their next bytes (``stop_waiting()`` ends the wait).
-        self.idle: set[_Waiting] = set()
+        #: Every admitted connection (``drain()`` closes it once its request is answered).
+        self.connections: set[_Drainable] = set()
 
     @property
     def max_connections(self) -> int:
@@ -148,12 +148,12 @@ class ConnectionTracker:
     def drain(self) -> None:
         """Stop reading new requests; requests already being handled finish."""
         self.draining = True
-        for waiting in list(self.idle):
-            waiting.stop_waiting()
+        for connection in list(self.connections):
+            connection.drain()
 
 
-class _Waiting(Protocol):
-    def stop_waiting(self) -> None: ...
+class _Drainable(Protocol):
+    def drain(self) -> None: ...
 
 
 def _decrement(counts: dict[_K, int], key: _K) -> None:

@@ -17,7 +17,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from secretivex.agent import systemd
 from secretivex.agent.audit import AuditLog, AuditPathError
-from secretivex.agent.connection import Channel, ConnectionTasks, refusals, serve_channel
+from secretivex.agent.connection import Connection, ConnectionHub, ConnectionTasks, refusals
 from secretivex.agent.dispatcher import Dispatcher, Limits
 from secretivex.agent.heap import trim_heap
 from secretivex.agent.limits import ConnectionLimits, ConnectionTracker
@@ -174,11 +174,14 @@ class Agent:
             default_lifetime_s=agent.default_lifetime_s,
         )
         self.tracker = ConnectionTracker(ConnectionLimits.from_config(agent))
-        self.idle_timeout_s = _seconds(agent.idle_timeout_ms)
         self._serving: dict[Path, _Serving] = {}
         self._tg: TaskGroup | None = None
-        #: Every connection's task (agent/connection.py); closed on shutdown.
+        #: Every connection's request tasks (agent/connection.py); closed on shutdown.
         self.connections = ConnectionTasks()
+        #: What every connection shares (agent/connection.py).
+        self.hub = ConnectionHub(
+            self.dispatcher, self.tracker, _seconds(agent.idle_timeout_ms), self.connections
+        )
         self._metrics_scope: anyio.CancelScope | None = None
         self._stopped = anyio.Event()
 
@@ -199,7 +202,7 @@ class Agent:
                 "max_buffered_bytes": limits.max_buffered_bytes,
                 "max_signers": self.dispatcher.limits.max_signers,
                 "sign_timeout_ms": self.dispatcher.limits.sign_timeout_ms,
-                "idle_timeout_ms": round((self.idle_timeout_s or 0) * 1000),
+                "idle_timeout_ms": round((self.hub.idle_timeout_s or 0) * 1000),
             },
         }
 
@@ -248,6 +251,7 @@ class Agent:
                 finally:
                     with anyio.CancelScope(shield=True):
                         await self.connections.close(0)
+                    self.tracker.drain()  # connections made while the listeners closed
                 tg.cancel_scope.cancel()
         finally:
             for serving in list(self._serving.values()):
@@ -323,20 +327,14 @@ class Agent:
         """Serve one listening socket until its scope is cancelled.
 
         The event loop accepts and creates each connection's transport (in C with
-        uvloop); a new connection starts its task in ``self.connections``. Out of file
-        descriptors, the loop drops pending connections and keeps listening (libuv's
-        reserve descriptor; asyncio pauses accepting for a second).
+        uvloop) and its ``Connection``, which admits it and answers its requests. Out of
+        file descriptors, the loop drops pending connections and keeps listening
+        (libuv's reserve descriptor; asyncio pauses accepting for a second).
         """
-        spec = serving.spec
-
-        def on_made(channel: Channel) -> None:
-            self.connections.spawn(
-                serve_channel(channel, spec, self.dispatcher, self.tracker, self.idle_timeout_s)
-            )
-
+        spec, hub = serving.spec, self.hub
         loop = asyncio.get_running_loop()
         server = await loop.create_unix_server(
-            lambda: Channel(on_made),
+            lambda: Connection(hub, spec),
             sock=serving.sock,
             backlog=self.settings.agent.listen_backlog,
         )
@@ -491,7 +489,7 @@ class Agent:
         memory = self.registry.memory
         memory.max_keys, memory.max_bytes = agent.max_added_keys, agent.max_added_bytes
         self.tracker.limits = ConnectionLimits.from_config(agent)
-        self.idle_timeout_s = _seconds(agent.idle_timeout_ms)
+        self.hub.idle_timeout_s = _seconds(agent.idle_timeout_ms)
         self.metrics.profile = agent.profile
 
 

@@ -60,6 +60,19 @@ class StoreRegistry:
         await self.identities()
         return self._owners.get(blob)
 
+    def listing_fresh(self) -> bool:
+        """Whether the cached listing is current (no store changed, no lifetime to
+        check): then :meth:`listing_now` and :meth:`owner_now` answer without awaiting."""
+        return not self.memory.expiring() and self._versions() == self._cache_key
+
+    def listing_now(self) -> tuple[Identity, ...] | None:
+        """The merged listing if it is current, else None (await :meth:`identities`)."""
+        return self._listing if self.listing_fresh() else None
+
+    def owner_now(self, blob: bytes) -> tuple[KeyStore, Identity] | None:
+        """Who owns ``blob`` in the current listing (check :meth:`listing_fresh` first)."""
+        return self._owners.get(blob)
+
     def is_removable(self, store: KeyStore) -> bool:
         return store is self.memory
 

@@ -5,6 +5,8 @@ does not end a listener.
 - a client that writes requests and never reads the replies: the agent stops reading
   from it once its replies fill the socket and a bounded buffer (RSS stays within a
   few MiB), and other clients are served meanwhile;
+- the frame deadline runs only while the agent reads: a client whose replies wait for it
+  to read is not cut off for the unfinished frame the agent stopped reading;
 - connections beyond the process's descriptor limit are dropped, not fatal: once they
   close, the same socket serves again (the event loop keeps a reserve descriptor).
 """
@@ -17,7 +19,7 @@ import time
 from pathlib import Path
 
 from harness import require_tool, running_agent, wait_until
-from sec_d_helpers import LIST_REQUEST, owner_key, raw_list, vm_rss_kib
+from sec_d_helpers import LIST_REQUEST, owner_key, raw_list, read_frame, vm_rss_kib
 
 MIB = 1024
 
@@ -38,7 +40,7 @@ def test_a_client_that_never_reads_cannot_grow_the_agent(tmp_path: Path) -> None
         deadline = time.monotonic() + 20
         while sent < 16 * 1024 * 1024 and time.monotonic() < deadline:
             try:
-                sent += hog.send(chunk)
+                sent += hog.send(chunk[sent % len(chunk) :])  # whole frames, in order
             except BlockingIOError:
                 time.sleep(0.01)  # the agent stopped reading: what we want to see
         time.sleep(0.5)
@@ -53,6 +55,68 @@ def test_a_client_that_never_reads_cannot_grow_the_agent(tmp_path: Path) -> None
     assert sent < 16 * 1024 * 1024, "the agent kept reading without sending replies"
     assert grown < 16 * MIB, (grown, log)
     assert "Traceback" not in log, log
+
+
+def test_the_frame_deadline_waits_while_the_agent_is_not_reading(tmp_path: Path) -> None:
+    """Pipelined list requests (5 bytes each: the agent's reads cut frames in two) until
+    the agent stops reading, then three times the 1 s frame deadline without reading a
+    reply: every request sent is answered once the client reads, and only then, with
+    the last frame left unfinished, is the connection cut at the deadline."""
+    key = owner_key(tmp_path)
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("agent:\n  frame_timeout_ms: 1000\n  idle_timeout_ms: 0\n")
+    with running_agent(tmp_path, "--config", str(cfg), "--key", str(key)) as agent:
+        reply = raw_list(agent.socket)
+        hog = socket.socket(socket.AF_UNIX)
+        hog.connect(str(agent.socket))
+        hog.setblocking(False)
+        stream = LIST_REQUEST * 20_000  # periodic: stream[sent % 5 :] continues it
+        sent = 0
+        stalled = 0
+        while stalled < 20:  # 0.2 s without progress: the agent stopped reading
+            try:
+                # 65,533 bytes a write: most writes, and the agent's reads, end mid-frame.
+                start = sent % len(LIST_REQUEST)
+                sent += hog.send(stream[start : start + 65_533])
+                stalled = 0
+            except BlockingIOError:
+                stalled += 1
+                time.sleep(0.01)
+        # Finish the frame a partial send may have cut, as far as the socket takes it.
+        with contextlib.suppress(BlockingIOError):
+            sent += hog.send(LIST_REQUEST[sent % len(LIST_REQUEST) :])
+        requests = sent // len(LIST_REQUEST)
+        time.sleep(3)
+        hog.setblocking(True)
+        hog.settimeout(10)
+        expected = requests * (4 + len(reply))
+        received = 0
+        while received < expected:
+            data = hog.recv(1 << 20)
+            if not data:
+                break
+            received += len(data)
+        # The agent reads again: a frame still cut is finished and answered, then an
+        # unfinished one is cut off at the deadline.
+        if sent % len(LIST_REQUEST):
+            hog.sendall(LIST_REQUEST[sent % len(LIST_REQUEST) :])
+            assert read_frame(hog) == reply
+        hog.sendall(LIST_REQUEST[:3])
+        started = time.monotonic()
+        try:
+            closed = hog.recv(1) == b""
+        except OSError:
+            closed = True
+        closed_after = time.monotonic() - started
+        hog.close()
+        log = agent.log()
+    print(
+        f"\nfull back-pressure for 3 s: {requests} requests answered, then cut after "
+        f"{closed_after:.1f} s"
+    )
+    assert received == expected, (received, expected, log)
+    assert closed and 0.5 < closed_after < 8, (closed_after, log)
+    assert "frame not finished within 1s" in log, log
 
 
 def test_running_out_of_descriptors_does_not_end_the_listener(tmp_path: Path) -> None:
