@@ -122,6 +122,7 @@ class Connection(asyncio.Protocol):
         "_last_active",
         "_listener",
         "_lost",
+        "_on_lost",
         "_queued",
         "_reading_paused",
         "_task",
@@ -134,11 +135,12 @@ class Connection(asyncio.Protocol):
         self,
         hub: ConnectionHub,
         listener: ListenerSpec,
-        lost: asyncio.Future[None] | None = None,
+        on_lost: asyncio.Future[None] | None = None,
     ) -> None:
         self._hub = hub
         self._listener = listener
-        self._lost = lost
+        self._on_lost = on_lost  # set once the connection is closed and released
+        self._lost = False
         self.transport: asyncio.Transport | None = None
         self._ctx: ConnectionContext | None = None  # set once admitted
         self._decoder = protocol.FrameDecoder()
@@ -327,7 +329,9 @@ class Connection(asyncio.Protocol):
             pass
         finally:
             self._task = None
-            if not finished or self._eof or tracker.draining:
+            if self._lost:
+                self._release()  # the peer left while its request ran
+            elif not finished or self._eof or tracker.draining:
                 self.close()
             elif hub.idle_timeout_s:
                 self._last_active = asyncio.get_running_loop().time()
@@ -335,7 +339,7 @@ class Connection(asyncio.Protocol):
     def _take(self) -> list[bytes] | None:
         """The requests in what arrived while the task answered (None: the connection
         was closed for a bad or oversized frame)."""
-        if not self._chunks or self._ctx is None:
+        if not self._chunks or self._lost:
             return []
         data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks = []
@@ -479,12 +483,20 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         for timer in (self._idle_timer, self._frame_timer):
             if timer is not None:
                 timer.cancel()
         self._idle_timer = self._frame_timer = None
         if self._writer is not None and not self._writer.done():
             self._writer.set_result(None)
+        if self._task is None:
+            self._release()
+        # else the request still runs: it keeps the connection's slot until it ends,
+        # so hanging up and asking again cannot pile up work beyond max_connections.
+
+    def _release(self) -> None:
+        """Give back the connection's slot and frame bytes (once)."""
         ctx = self._ctx
         if ctx is not None:
             self._ctx = None
@@ -495,8 +507,8 @@ class Connection(asyncio.Protocol):
             tracker.connections.discard(self)
             tracker.close(self._listener, ctx.peer.uid)
             hub.dispatcher.metrics.on_connection_close()
-        if self._lost is not None and not self._lost.done():
-            self._lost.set_result(None)
+        if self._on_lost is not None and not self._on_lost.done():
+            self._on_lost.set_result(None)
 
 
 class ConnectionTasks:

@@ -7,18 +7,21 @@ does not end a listener.
   few MiB), and other clients are served meanwhile;
 - the frame deadline runs only while the agent reads: a client whose replies wait for it
   to read is not cut off for the unfinished frame the agent stopped reading;
+- a request whose connection was closed keeps the connection's slot until it ends;
 - connections beyond the process's descriptor limit are dropped, not fatal: once they
   close, the same socket serves again (the event loop keeps a reserve descriptor).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import socket
 import time
 from pathlib import Path
 
-from harness import require_tool, running_agent, wait_until
+from harness import keygen, require_tool, run, running_agent, wait_until
+from sec_b_helpers import SSH_AGENTC_SIGN_REQUEST, HostileUpstream, openssh_agent, string, u32
 from sec_d_helpers import LIST_REQUEST, owner_key, raw_list, read_frame, vm_rss_kib
 
 MIB = 1024
@@ -152,4 +155,45 @@ def test_running_out_of_descriptors_does_not_end_the_listener(tmp_path: Path) ->
         log = agent.log()
     print(f"\nout of descriptors: {len(holders)} connected, {dropped} dropped; served after")
     assert dropped > 0, "the descriptor limit was never reached: the test proves nothing"
+    assert "Traceback" not in log, log
+
+
+def test_a_closed_connection_keeps_its_slot_while_its_request_runs(tmp_path: Path) -> None:
+    """Clients ask for a signature through an upstream agent that never answers, start
+    another frame and never finish it: the frame deadline closes their connections while
+    the signatures still wait. Each request keeps its connection's slot until it ends
+    (the upstream's timeout), so closed connections cannot pile up work beyond
+    ``max_connections``: the next client is refused while they run, served after."""
+    require_tool("ssh-agent", "ssh-add", "ssh-keygen")
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    keygen(keys, "file_key", "ed25519", comment="file-key")
+    keygen(keys, "up_key", "ed25519", comment="upstream-key")
+    up_blob = base64.b64decode((keys / "up_key.pub").read_text().split()[1])
+    with contextlib.ExitStack() as stack:
+        real = stack.enter_context(openssh_agent(tmp_path / "real-upstream"))
+        run(["ssh-add", "-q", str(keys / "up_key")], env=real.env)
+        upstream = stack.enter_context(HostileUpstream(tmp_path / "hostile.sock", real.socket))
+        cfg = tmp_path / "agent.yaml"
+        cfg.write_text(
+            "agent:\n  max_connections: 4\n  reserved_connections: 0\n"
+            "  max_connections_per_uid: 4\n  idle_timeout_ms: 0\n  frame_timeout_ms: 300\n"
+            f"stores:\n  - type: file\n    paths: [{keys / 'file_key'}]\n"
+            f"  - type: upstream\n    name: up\n    socket: {upstream.path}\n"
+            "    timeout_ms: 4000\n    max_signers: 4\n"
+        )
+        agent = stack.enter_context(running_agent(tmp_path, "--config", str(cfg)))
+        assert wait_until(lambda: b"upstream-key" in raw_list(agent.socket), 15)
+        upstream.mode = "never"
+        for _ in range(4):
+            with socket.socket(socket.AF_UNIX) as hang_up:
+                hang_up.connect(str(agent.socket))
+                payload = bytes([SSH_AGENTC_SIGN_REQUEST]) + string(up_blob)
+                hang_up.sendall(string(payload + string(b"abandoned") + u32(0)) + b"\0\0")
+        time.sleep(1.0)  # the frame deadline has closed all four
+        refused = raw_list(agent.socket, timeout=5)
+        assert wait_until(lambda: raw_list(agent.socket, timeout=5)[:1] == b"\x0c", 15)
+        log = agent.log()
+    assert refused == b"", "a fifth connection was served while four requests ran"
+    assert "max_connections=4 reached" in log, log
     assert "Traceback" not in log, log
