@@ -214,3 +214,56 @@ def test_the_loader_process_keeps_stray_output_off_the_answer(tmp_path: Path) ->
     assert b"noise on stdout" in proc.stderr
     kind, settings, _ = _loads(proc.stdout)
     assert kind == "ok" and isinstance(settings, RuntimeSettings)
+
+
+#: A loader process (as ``serve`` sets one up) that loads and reports what it imported.
+LOADER_IMPORTS = (
+    "import marshal, sys\n"
+    "from secretivex.config import isolated\n"
+    "isolated._as_loader_process()\n"
+    "request = isolated._decode(marshal.load(sys.stdin.buffer))\n"
+    "request.load()\n"
+    "print(sorted(sys.modules))\n"
+)
+
+
+def _loader_modules(request: AgentConfigRequest, **env: str) -> list[str]:
+    import ast
+
+    proc = subprocess.run(
+        [sys.executable, "-c", LOADER_IMPORTS],
+        input=marshal.dumps(_encode(request)),
+        capture_output=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env},
+    )
+    names: list[str] = ast.literal_eval(proc.stdout.decode())
+    return names
+
+
+def test_the_loader_process_skips_pydantic_plugin_discovery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request = _request(tmp_path)
+    monkeypatch.delenv("PYDANTIC_DISABLE_PLUGINS", raising=False)
+    names = _loader_modules(request)
+    assert "secretivex.config.models" in names
+    assert "importlib.metadata" not in names  # the stand-in plugin loader, not pydantic's
+    # Only some plugins disabled: pydantic's own loader, which reads package metadata.
+    assert "importlib.metadata" in _loader_modules(request, PYDANTIC_DISABLE_PLUGINS="x")
+
+
+def test_the_stand_in_plugin_loader_answers_as_pydantics_own_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic.plugin import _loader
+
+    from secretivex.config import isolated
+
+    monkeypatch.setenv("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    assert list(_loader.get_plugins()) == []
+    assert _loader.__name__ == isolated._PLUGIN_LOADER
+    monkeypatch.delitem(sys.modules, _loader.__name__)
+    isolated._without_plugin_discovery()
+    assert list(sys.modules[_loader.__name__].get_plugins()) == []
