@@ -180,6 +180,8 @@ def _import_shared() -> None:
 
 def _import_the_agent() -> None:
     """Import what serving needs while the config loader runs in its child."""
+    import importlib
+
     import anyio
 
     import secretivex.agent.logs
@@ -188,8 +190,10 @@ def _import_the_agent() -> None:
     import secretivex.config.profiles
     import secretivex.stores.file  # noqa: F401 - the default store; built by the server
 
-    # anyio imports these on first use: the listeners' sockets and the memory streams.
-    _ = anyio.create_unix_listener, anyio.create_memory_object_stream
+    # anyio imports its event loop backend in ``anyio.run`` (sockets, streams and
+    # signals with it), which is after the settings arrive: import it now, meanwhile.
+    importlib.import_module("anyio._backends._asyncio")
+    _ = anyio.open_signal_receiver
     _backend_options()
 
 
