@@ -158,10 +158,8 @@ def _run(o: AgentOptions) -> None:
 SHARED_MODULES = (
     "datetime",
     "hashlib",
-    "locale",
     "platform",
     "random",
-    "secrets",
     "selectors",
     "socket",
     "typing_extensions",

@@ -198,6 +198,42 @@ def test_the_agent_process_never_imports_pydantic_yaml_or_typer(tmp_path: Path) 
         assert offenders(names, NOT_IN_THE_AGENT_PROCESS) == []
 
 
+#: The config loader on its own, in a fresh interpreter: the modules it imported.
+LOADER_MODULES = """
+import sys
+from pathlib import Path
+from secretivex.config.isolated import AgentConfigRequest, _as_loader_process
+_as_loader_process()
+AgentConfigRequest(config_files=(Path(sys.argv[1]),)).load()
+print("\\n".join(sorted(sys.modules)))
+"""
+
+
+def test_the_modules_imported_before_the_loader_fork_are_needed_on_both_sides(
+    tmp_path: Path,
+) -> None:
+    """``SHARED_MODULES`` are imported before the fork so that the work is done once;
+    one that only one side needs would lengthen the other side's path for nothing."""
+    from secretivex.cli.agent_run import SHARED_MODULES
+
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"agent:\n  profile: fanout\nmetrics:\n  path: {tmp_path}/m.json\n")
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    env.pop("SECRETIVEX_CONFIG", None)
+    loader = subprocess.run(
+        [sys.executable, "-c", LOADER_MODULES, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
+    ).stdout.split()
+    agent = _agent_modules(tmp_path / "agent", "--config", str(config))
+    assert "secretivex.config.models" in loader and "secretivex.agent.server" in agent
+    assert sorted(set(SHARED_MODULES) - set(loader)) == []
+    assert sorted(set(SHARED_MODULES) - agent) == []
+
+
 #: Generous on purpose (the target, with the bench comparison's numbers, is 3x): this
 #: guards against losing the lazy start, not against a noisy neighbour.
 START_BOUND = 6.0
