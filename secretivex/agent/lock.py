@@ -17,7 +17,6 @@ import hmac
 import os
 
 import anyio
-import bcrypt
 
 _ROUNDS = 1  # OpenSSH's LOCK_ROUNDS; bcrypt_pbkdf is deliberately expensive per round.
 _FAIL_DELAY_STEP_S = 0.1
@@ -36,6 +35,8 @@ class EmptyPassphrase(ValueError):
 
 
 def _hash(passphrase: bytes, salt: bytes) -> bytes:
+    import bcrypt  # on the first lock: not in an agent that is never locked
+
     return bcrypt.kdf(
         passphrase, salt, desired_key_bytes=32, rounds=_ROUNDS, ignore_few_rounds=True
     )

@@ -182,6 +182,9 @@ def _import_the_agent() -> None:
 
     import anyio
 
+    from secretivex.agent.lazy_bcrypt import defer_import
+
+    defer_import()  # before cryptography's OpenSSH key support imports bcrypt
     import secretivex.agent.logs
     import secretivex.agent.server
     import secretivex.agent.systemd
