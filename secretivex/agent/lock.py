@@ -13,7 +13,6 @@ that keeps the owner's own ``ssh-add -X`` waiting behind minutes of penalties.
 
 from __future__ import annotations
 
-import hmac
 import os
 
 import anyio
@@ -34,8 +33,19 @@ class EmptyPassphrase(ValueError):
     """OpenSSH refuses an empty lock password; so do we (a lock anyone can open)."""
 
 
+def _same(a: bytes, b: bytes) -> bool:
+    """Constant-time comparison. ``hmac`` (and with it the system OpenSSL's digests,
+    ~0.5 MiB) is imported by ``_hash`` in its worker thread, not at start."""
+    import hmac
+
+    return hmac.compare_digest(a, b)
+
+
 def _hash(passphrase: bytes, salt: bytes) -> bytes:
-    import bcrypt  # on the first lock: not in an agent that is never locked
+    # On the first lock, in the worker thread: not in an agent that is never locked.
+    import hmac  # noqa: F401 - for _same, which compares on the event loop
+
+    import bcrypt
 
     return bcrypt.kdf(
         passphrase, salt, desired_key_bytes=32, rounds=_ROUNDS, ignore_few_rounds=True
@@ -99,7 +109,7 @@ class AgentLock:
             digest = await anyio.to_thread.run_sync(
                 _hash, passphrase, self._salt, limiter=self._limiter
             )
-            if self._hash is expected and hmac.compare_digest(digest, expected):
+            if self._hash is expected and _same(digest, expected):
                 self._hash, self._failures = None, 0
                 return True
             self._failures = min(self._failures + 1, _MAX_FAILURES)

@@ -157,7 +157,6 @@ def _run(o: AgentOptions) -> None:
 #: the fork, rather than twice after it (on a busy host the two share one core).
 SHARED_MODULES = (
     "datetime",
-    "hashlib",
     "platform",
     "random",
     "selectors",
