@@ -13,7 +13,6 @@ import anyio
 import anyio.to_thread
 import orjson
 
-from secretivex.metrics.prometheus import render_prometheus
 from secretivex.metrics.recorder import MetricsRecorder
 
 __all__ = [
@@ -103,6 +102,8 @@ def write_metrics_files(
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_snapshot_atomic(path, snapshot)
     if prometheus_textfile is not None:
+        from secretivex.metrics.prometheus import render_prometheus
+
         Path(prometheus_textfile).parent.mkdir(parents=True, exist_ok=True)
         write_snapshot_atomic(prometheus_textfile, render_prometheus(snapshot))
 
