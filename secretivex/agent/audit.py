@@ -43,6 +43,8 @@ class AuditPathError(Exception):
 
 @dataclass(slots=True)
 class _DeniedBurst:
+    """Peer refusals since the last one written, summarised when the burst ends."""
+
     started: float  # monotonic time of the written record
     count: int = 0  # refusals since, not yet written
     first_time: float = 0.0

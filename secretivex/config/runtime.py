@@ -35,6 +35,8 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class AgentSettings:
+    """The ``agent`` section: the main socket, its limits and what clients may do."""
+
     socket: Path
     profile: str
     max_connections: int
@@ -57,6 +59,8 @@ class AgentSettings:
 
 @dataclass(frozen=True, slots=True)
 class FileStoreSettings:
+    """A ``file`` store: key files and directories, and where passphrases come from."""
+
     name: str
     paths: tuple[Path, ...]
     passphrase_env: str | None = None
@@ -65,6 +69,8 @@ class FileStoreSettings:
 
 @dataclass(frozen=True, slots=True)
 class Pkcs11StoreSettings:
+    """A ``pkcs11`` store: the module, the token and where its PIN comes from."""
+
     name: str
     module: Path
     token_label: str | None = None
@@ -80,6 +86,8 @@ class Pkcs11StoreSettings:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamStoreSettings:
+    """An ``upstream`` store: another agent whose keys this one serves."""
+
     name: str
     socket: Path
     timeout_ms: int
@@ -93,6 +101,8 @@ StoreSettings = FileStoreSettings | Pkcs11StoreSettings | UpstreamStoreSettings
 
 @dataclass(frozen=True, slots=True)
 class ConfirmSettings:
+    """The confirmation hook (``policy.confirm``)."""
+
     command: tuple[str, ...]
     timeout_ms: int
     cache_ms: int
@@ -103,6 +113,8 @@ class ConfirmSettings:
 
 @dataclass(frozen=True, slots=True)
 class PolicySettings:
+    """Which keys may sign (``policy``)."""
+
     allow: tuple[Matcher, ...]
     deny: tuple[Matcher, ...]
     confirm: ConfirmSettings
@@ -110,6 +122,8 @@ class PolicySettings:
 
 @dataclass(frozen=True, slots=True)
 class ListenerSettings:
+    """One extra socket (``listeners``): who may connect and which keys it shows."""
+
     name: str
     socket: Path
     mode: int
@@ -126,6 +140,8 @@ class ListenerSettings:
 
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
+    """Where and how often metrics snapshots are written (``metrics``)."""
+
     path: Path | None
     interval_ms: int
     prometheus_textfile: Path | None
@@ -133,18 +149,24 @@ class MetricsSettings:
 
 @dataclass(frozen=True, slots=True)
 class AuditSettings:
+    """The audit log (``audit``)."""
+
     #: JSON lines file; "-" = stderr; None = off.
     path: str | None
 
 
 @dataclass(frozen=True, slots=True)
 class LoggingSettings:
+    """Log level and format (``logging``)."""
+
     level: str
     format: str
 
 
 @dataclass(frozen=True, slots=True)
 class RuntimeSettings:
+    """Everything the running agent needs, derived once from the config."""
+
     agent: AgentSettings
     stores: tuple[StoreSettings, ...]
     policy: PolicySettings
