@@ -153,16 +153,15 @@ def _run(o: AgentOptions) -> None:
     _serve_foreground(settings, reload, _print_env if o.print_env else None)
 
 
-#: Modules both the config loader child and the agent import: imported once, before
-#: the fork, rather than twice after it (on a busy host the two share one core).
+#: Modules both the config loader child and the agent import before it listens:
+#: imported once, before the fork, rather than twice after it (on a busy host the two
+#: share one core). Not orjson's datetime, uuid and platform: the agent imports orjson
+#: on its first metrics snapshot, audit record or JSON log line, after it listens.
 SHARED_MODULES = (
-    "datetime",
-    "platform",
     "random",
     "selectors",
     "socket",
     "typing_extensions",
-    "uuid",
     "secretivex.config.profiles",
     "secretivex.defaults",
 )

@@ -11,7 +11,6 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import orjson
 
 from secretivex.metrics.recorder import MetricsRecorder
 
@@ -31,6 +30,8 @@ def _encode(data: Mapping[str, Any] | bytes | str) -> bytes:
         return data
     if isinstance(data, str):
         return data.encode("utf-8")
+    import orjson  # on the first write (in the writer's thread), not at start
+
     return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 
@@ -82,6 +83,8 @@ def _create_temp(directory: Path, name: str) -> tuple[int, str]:
 
 def load_snapshot(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a snapshot file. Raises ``OSError`` or ``ValueError`` (not JSON / not an object)."""
+    import orjson
+
     raw = Path(path).read_bytes()
     try:
         data = orjson.loads(raw)
