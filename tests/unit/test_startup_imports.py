@@ -201,13 +201,14 @@ def test_the_agent_process_never_imports_pydantic_yaml_or_typer(tmp_path: Path) 
         assert offenders(names, NOT_IN_THE_AGENT_PROCESS) == []
 
 
-#: The config loader on its own, in a fresh interpreter: the modules it imported.
+#: The config loader on its own, in a fresh interpreter, answering as the forked loader
+#: child does: the modules it imported.
 LOADER_MODULES = """
 import sys
 from pathlib import Path
-from secretivex.config.isolated import AgentConfigRequest, _as_loader_process
+from secretivex.config.isolated import AgentConfigRequest, _as_loader_process, _dumps, _outcome
 _as_loader_process()
-AgentConfigRequest(config_files=(Path(sys.argv[1]),)).load()
+_dumps(_outcome(AgentConfigRequest(config_files=(Path(sys.argv[1]),))))
 print("\\n".join(sorted(sys.modules)))
 """
 
