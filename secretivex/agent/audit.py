@@ -28,8 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from secretivex.outcomes import RequestOutcome
 
 log = logging.getLogger(__name__)
@@ -43,6 +41,8 @@ class AuditPathError(Exception):
 
 @dataclass(slots=True)
 class _DeniedBurst:
+    """Peer refusals since the last one written, summarised when the burst ends."""
+
     started: float  # monotonic time of the written record
     count: int = 0  # refusals since, not yet written
     first_time: float = 0.0
@@ -82,6 +82,7 @@ class AuditLog:
         self._last_warning = -math.inf
         self._last_reason = ""
         self._bursts: dict[tuple[str, int], _DeniedBurst] = {}
+        self._dumps: Callable[[Any], bytes] = _dumps if self._fd is None else _orjson_dumps()
 
     @property
     def enabled(self) -> bool:
@@ -133,7 +134,7 @@ class AuditLog:
 
     def _write(self, fields: dict[str, Any]) -> None:
         assert self._fd is not None
-        line = orjson.dumps(fields) + b"\n"
+        line = self._dumps(fields) + b"\n"
         data = b"\n" + line if self._torn else line
         try:
             written = os.write(self._fd, data)
@@ -193,3 +194,14 @@ class AuditLog:
         if self._fd is not None and self._owns_fd:
             os.close(self._fd)
         self._fd = None
+
+
+def _orjson_dumps() -> Callable[[Any], bytes]:
+    """orjson's ``dumps``, imported only by an audit log that writes somewhere."""
+    import orjson
+
+    return orjson.dumps
+
+
+def _dumps(value: Any) -> bytes:
+    return _orjson_dumps()(value)

@@ -2,17 +2,17 @@
 does (``platform_disable_tracing``): the process is made non-dumpable, so other
 processes of the same uid can neither ptrace it nor read ``/proc/PID/mem`` or
 ``/proc/PID/environ``, and no core file is written, so a crash never spills keys,
-PINs or passphrases to disk. Root can still read the process's memory."""
+PINs or passphrases to disk. Root can still read the process's memory.
+
+It runs before the agent forks its config loader, so it imports no more than it needs
+(not ``logging``: the problems are logged later, by ``log_problems``)."""
 
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import resource
 import sys
-
-log = logging.getLogger(__name__)
 
 PR_SET_DUMPABLE = 4
 PR_GET_DUMPABLE = 3
@@ -61,5 +61,9 @@ def harden_process() -> list[str]:
 
 
 def log_problems(problems: list[str]) -> None:
-    for problem in problems:
-        log.warning("hardening: %s", problem)
+    if problems:
+        import logging
+
+        log = logging.getLogger(__name__)
+        for problem in problems:
+            log.warning("hardening: %s", problem)

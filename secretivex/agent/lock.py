@@ -13,11 +13,9 @@ that keeps the owner's own ``ssh-add -X`` waiting behind minutes of penalties.
 
 from __future__ import annotations
 
-import hmac
 import os
 
 import anyio
-import bcrypt
 
 _ROUNDS = 1  # OpenSSH's LOCK_ROUNDS; bcrypt_pbkdf is deliberately expensive per round.
 _FAIL_DELAY_STEP_S = 0.1
@@ -35,7 +33,20 @@ class EmptyPassphrase(ValueError):
     """OpenSSH refuses an empty lock password; so do we (a lock anyone can open)."""
 
 
+def _same(a: bytes, b: bytes) -> bool:
+    """Constant-time comparison. ``hmac`` (and with it the system OpenSSL's digests,
+    ~0.5 MiB) is imported by ``_hash`` in its worker thread, not at start."""
+    import hmac
+
+    return hmac.compare_digest(a, b)
+
+
 def _hash(passphrase: bytes, salt: bytes) -> bytes:
+    # On the first lock, in the worker thread: not in an agent that is never locked.
+    import hmac  # noqa: F401 - for _same, which compares on the event loop
+
+    import bcrypt
+
     return bcrypt.kdf(
         passphrase, salt, desired_key_bytes=32, rounds=_ROUNDS, ignore_few_rounds=True
     )
@@ -98,7 +109,7 @@ class AgentLock:
             digest = await anyio.to_thread.run_sync(
                 _hash, passphrase, self._salt, limiter=self._limiter
             )
-            if self._hash is expected and hmac.compare_digest(digest, expected):
+            if self._hash is expected and _same(digest, expected):
                 self._hash, self._failures = None, 0
                 return True
             self._failures = min(self._failures + 1, _MAX_FAILURES)

@@ -12,8 +12,6 @@ import re
 import sys
 import time
 
-import orjson
-
 #: C0 controls, DEL, C1 controls and the Unicode line/paragraph separators.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -34,6 +32,12 @@ def escape_controls(text: str) -> str:
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        import orjson  # for JSON logs only
+
+        self._dumps = orjson.dumps
+
     def format(self, record: logging.LogRecord) -> str:
         doc = {
             "time": round(record.created, 3),
@@ -43,7 +47,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc).decode()
+        return self._dumps(doc).decode()
 
 
 class TextFormatter(logging.Formatter):

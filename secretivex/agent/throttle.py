@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 @dataclass
 class _Reason:
+    """When a reason was last logged and how many were suppressed since."""
+
     last: float
     suppressed: int = 0
 

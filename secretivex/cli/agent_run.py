@@ -153,19 +153,15 @@ def _run(o: AgentOptions) -> None:
     _serve_foreground(settings, reload, _print_env if o.print_env else None)
 
 
-#: Modules both the config loader child and the agent import: imported once, before
-#: the fork, rather than twice after it (on a busy host the two share one core).
+#: Modules both the config loader child and the agent import before it listens:
+#: imported once, before the fork, rather than twice after it (on a busy host the two
+#: share one core). Not orjson's datetime, uuid and platform: the agent imports orjson
+#: on its first metrics snapshot, audit record or JSON log line, after it listens.
 SHARED_MODULES = (
-    "datetime",
-    "hashlib",
-    "locale",
-    "platform",
     "random",
-    "secrets",
     "selectors",
     "socket",
     "typing_extensions",
-    "uuid",
     "secretivex.config.profiles",
     "secretivex.defaults",
 )
@@ -180,16 +176,23 @@ def _import_shared() -> None:
 
 def _import_the_agent() -> None:
     """Import what serving needs while the config loader runs in its child."""
+    import importlib
+
     import anyio
 
+    from secretivex.agent.lazy_bcrypt import defer_import
+
+    defer_import()  # before cryptography's OpenSSH key support imports bcrypt
     import secretivex.agent.logs
     import secretivex.agent.server
     import secretivex.agent.systemd
     import secretivex.config.profiles
     import secretivex.stores.file  # noqa: F401 - the default store; built by the server
 
-    # anyio imports these on first use: the listeners' sockets and the memory streams.
-    _ = anyio.create_unix_listener, anyio.create_memory_object_stream
+    # anyio imports its event loop backend in ``anyio.run`` (sockets, streams and
+    # signals with it), which is after the settings arrive: import it now, meanwhile.
+    importlib.import_module("anyio._backends._asyncio")
+    _ = anyio.open_signal_receiver
     _backend_options()
 
 

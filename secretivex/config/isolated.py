@@ -20,18 +20,19 @@ then is unsafe), e.g. when the CLI runs inside a test process.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import marshal
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from secretivex.config import runtime
 from secretivex.config.errors import ConfigError, ConfigProblem
 from secretivex.config.matchers import Matcher
-from secretivex.config.runtime import RuntimeSettings
+
+if TYPE_CHECKING:
+    from secretivex.config.derive import Make
+    from secretivex.config.runtime import RuntimeSettings
 
 __all__ = [
     "AgentConfigRequest",
@@ -44,7 +45,7 @@ __all__ = [
 #: How long a reload waits for the loader process.
 RELOAD_TIMEOUT_S = 60.0
 
-Loaded = tuple[RuntimeSettings, tuple[ConfigProblem, ...]]
+Loaded = tuple["RuntimeSettings", tuple[ConfigProblem, ...]]
 
 
 class ConfigLoaderError(Exception):
@@ -71,6 +72,16 @@ class AgentConfigRequest:
     def load(self) -> Loaded:
         """Load, validate and derive the settings in this process (imports pydantic).
         Returns (settings, warnings); raises ``ConfigError``."""
+        from secretivex.config.runtime import RuntimeSettings
+
+        settings, warnings = self.derive(RuntimeSettings.make)
+        return settings, warnings
+
+    def derive(self, make: Make) -> tuple[Any, tuple[ConfigProblem, ...]]:
+        """Load and validate, then derive the settings with ``make``
+        (``secretivex.config.derive``). Returns (settings, warnings); raises
+        ``ConfigError``."""
+        from secretivex.config.derive import derive
         from secretivex.config.loader import LoadRequest
         from secretivex.config.models import FileStore
 
@@ -89,7 +100,7 @@ class AgentConfigRequest:
         if self.keys:
             cli_store = FileStore(type="file", name="cli", paths=list(self.keys))
             cfg = cfg.model_copy(update={"stores": [*cfg.stores, cli_store]})
-        return RuntimeSettings.from_config(cfg), tuple(loaded.warnings)
+        return derive(cfg, make), tuple(loaded.warnings)
 
 
 # -- the wire format -------------------------------------------------------------------
@@ -99,17 +110,43 @@ class AgentConfigRequest:
 # Only the dataclasses named here are ever rebuilt.
 
 
-@functools.cache
-def _wire_classes() -> dict[str, type[Any]]:
-    names = [getattr(runtime, name) for name in runtime.__all__]
-    classes = [c for c in names if isinstance(c, type) and dataclasses.is_dataclass(c)]
-    classes += [Matcher, ConfigProblem, AgentConfigRequest]
-    return {c.__name__: c for c in classes}
+#: The dataclasses that cross the wire as themselves, whatever the process.
+_BASE_CLASSES: dict[str, type[Any]] = {
+    c.__name__: c for c in (Matcher, ConfigProblem, AgentConfigRequest)
+}
+
+
+def _wire_class(name: str) -> type[Any]:
+    """The dataclass called ``name`` that may cross the wire (else ``KeyError``): the
+    request, matchers and problems, and the settings classes (``config.runtime``,
+    imported only when one is asked for: the loader child sends settings as
+    ``_Made`` values)."""
+    cls = _BASE_CLASSES.get(name)
+    return cls if cls is not None else _settings_classes()[name]
+
+
+def _settings_classes() -> dict[str, type[Any]]:
+    from secretivex.config.runtime import SETTINGS_CLASSES
+
+    return SETTINGS_CLASSES
+
+
+class _Made:
+    """A settings value as the loader child makes it (``derive``'s ``make``): the
+    class's name and the fields, sent as such; the agent builds the class."""
+
+    __slots__ = ("fields", "kind")
+
+    def __init__(self, kind: str, /, **fields: Any) -> None:
+        self.kind = kind
+        self.fields = fields
 
 
 def _encode(value: Any) -> Any:
     if value is None or isinstance(value, str | int | float | bytes):
         return value  # bool is an int
+    if isinstance(value, _Made):
+        return ("K", value.kind, {k: _encode(v) for k, v in value.fields.items()})
     if isinstance(value, tuple):
         return ("T", *(_encode(v) for v in value))
     if isinstance(value, list):
@@ -118,27 +155,33 @@ def _encode(value: Any) -> Any:
         return ("P", str(value))
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         name = type(value).__name__
-        if _wire_classes().get(name) is not type(value):
+        try:
+            known = _wire_class(name) is type(value)
+        except KeyError:
+            known = False
+        if not known:
             raise TypeError(f"cannot send a {name}")
         return ("D", name, *(_encode(getattr(value, f.name)) for f in dataclasses.fields(value)))
     raise TypeError(f"cannot send a {type(value).__name__}")
 
 
-def _decode(value: Any, classes: dict[str, type[Any]] | None = None) -> Any:
+def _decode(value: Any) -> Any:
     if not isinstance(value, tuple):
         return value
-    classes = _wire_classes() if classes is None else classes
     tag, *items = value
     if tag == "T":
-        return tuple(_decode(v, classes) for v in items)
+        return tuple(_decode(v) for v in items)
     if tag == "L":
-        return [_decode(v, classes) for v in items]
+        return [_decode(v) for v in items]
     if tag == "P":
         return Path(items[0])
+    if tag == "K":
+        kind, fields = items
+        return _settings_classes()[kind](**{k: _decode(v) for k, v in fields.items()})
     if tag == "D":
-        cls = classes[items[0]]
+        cls = _wire_class(items[0])
         names = [f.name for f in dataclasses.fields(cls)]
-        return cls(**dict(zip(names, (_decode(v, classes) for v in items[1:]), strict=True)))
+        return cls(**dict(zip(names, (_decode(v) for v in items[1:]), strict=True)))
     raise ValueError(f"unknown tag {tag!r}")
 
 
@@ -153,6 +196,11 @@ def _loads(data: bytes) -> Any:
 # -- the loader's side ----------------------------------------------------------------
 
 
+#: pydantic's plugin loader (``pydantic.plugin._loader``): the module pydantic imports
+#: when it builds its first model, only to call ``get_plugins``.
+_PLUGIN_LOADER = "pydantic.plugin._loader"
+
+
 def _as_loader_process() -> None:
     """Settings for a process that only loads the config and exits: no cyclic garbage
     collection (a quarter of the import time of pydantic and the models goes to
@@ -162,13 +210,31 @@ def _as_loader_process() -> None:
 
     gc.disable()
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    if os.environ["PYDANTIC_DISABLE_PLUGINS"] in ("__all__", "1", "true"):
+        _without_plugin_discovery()
 
 
-def _outcome(request: AgentConfigRequest) -> tuple[Any, ...]:
+def _without_plugin_discovery() -> None:
+    """With plugins disabled, pydantic's ``get_plugins`` returns nothing, but importing
+    its module imports ``importlib.metadata`` (zipfile, email, csv...: about 13 ms, a
+    tenth of the loader's time). A loader module whose ``get_plugins`` says the same
+    at once stands in for it (before pydantic is imported; never in a process that
+    already has the real one)."""
+    if _PLUGIN_LOADER in sys.modules:
+        return
+    import types
+
+    stub = types.ModuleType(_PLUGIN_LOADER, "plugins are disabled in the config loader")
+    stub.get_plugins = tuple  # type: ignore[attr-defined] # () as the real one does
+    sys.modules[_PLUGIN_LOADER] = stub
+
+
+def _outcome(request: AgentConfigRequest, make: Make = _Made) -> tuple[Any, ...]:
     """What the loader sends back: ("ok", settings, warnings), ("config", problems,
-    warnings) or ("crash", traceback text)."""
+    warnings) or ("crash", traceback text). A loader process sends the settings as
+    ``_Made`` values (it never imports ``secretivex.config.runtime``)."""
     try:
-        settings, warnings = request.load()
+        settings, warnings = request.derive(make)
     except ConfigError as exc:
         return ("config", tuple(exc.problems), tuple(exc.warnings))
     except Exception:
@@ -187,6 +253,8 @@ def _write_all(fd: int, data: bytes) -> None:
 def _unpack(outcome: tuple[Any, ...]) -> Loaded:
     kind = outcome[0]
     if kind == "ok":
+        from secretivex.config.runtime import RuntimeSettings
+
         settings, warnings = outcome[1], outcome[2]
         if not isinstance(settings, RuntimeSettings):
             raise ConfigLoaderError("the config loader sent something else than settings")
@@ -239,7 +307,9 @@ def start_load(request: AgentConfigRequest) -> PendingLoad:
     copy their locks in whatever state they are)."""
     threading = sys.modules.get("threading")
     if (threading is not None and threading.active_count() > 1) or not hasattr(os, "fork"):
-        return PendingLoad(None, None, _outcome(request))
+        from secretivex.config.runtime import RuntimeSettings
+
+        return PendingLoad(None, None, _outcome(request, RuntimeSettings.make))
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child; the tests observe the answer

@@ -20,7 +20,6 @@ source and returns a new, independent ``LoadedConfig`` or raises ``ConfigError``
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import shlex
@@ -398,7 +397,7 @@ def env_warnings(env: Mapping[str, str], merged: Mapping[str, Any]) -> list[Conf
             continue
         key = rest[len(section) + 1 :].lower()
         allowed = _allowed_keys((section,), {}) if section not in _LIST_SECTIONS else []
-        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6) if allowed else []
+        close = _close_matches(key, allowed) if allowed else []
         if close:
             hint = f"did you mean {ENV_PREFIX}{section.upper()}{ENV_NESTED_DELIMITER}" + (
                 f"{close[0].upper()}?"
@@ -692,10 +691,17 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _close_matches(key: str, allowed: Sequence[str]) -> list[str]:
+    """The closest allowed key, if any is close (difflib: imported for a typo only)."""
+    import difflib
+
+    return difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+
+
 def _unknown_key_message(key: str, allowed: Sequence[str], what: str) -> str:
     if key.lower() in allowed:
         return f"unknown {what} {key!r} - did you mean {key.lower()!r}? (keys are lower case)"
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    close = _close_matches(key, allowed)
     if close:
         return f"unknown {what} {key!r} - did you mean {close[0]!r}?"
     if allowed:

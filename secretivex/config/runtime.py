@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from secretivex.config.derive import MIN_REFRESH_MS, derive
 from secretivex.config.matchers import Matcher
 
 if TYPE_CHECKING:
-    from secretivex.config.models import ListenerSection, SecretivexConfig, StoreConfig
+    from secretivex.config.models import SecretivexConfig
 
 __all__ = [
+    "MIN_REFRESH_MS",
+    "SETTINGS_CLASSES",
     "AgentSettings",
     "AuditSettings",
     "ConfirmSettings",
@@ -35,6 +38,8 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class AgentSettings:
+    """The ``agent`` section: the main socket, its limits and what clients may do."""
+
     socket: Path
     profile: str
     max_connections: int
@@ -57,6 +62,8 @@ class AgentSettings:
 
 @dataclass(frozen=True, slots=True)
 class FileStoreSettings:
+    """A ``file`` store: key files and directories, and where passphrases come from."""
+
     name: str
     paths: tuple[Path, ...]
     passphrase_env: str | None = None
@@ -65,6 +72,8 @@ class FileStoreSettings:
 
 @dataclass(frozen=True, slots=True)
 class Pkcs11StoreSettings:
+    """A ``pkcs11`` store: the module, the token and where its PIN comes from."""
+
     name: str
     module: Path
     token_label: str | None = None
@@ -80,6 +89,8 @@ class Pkcs11StoreSettings:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamStoreSettings:
+    """An ``upstream`` store: another agent whose keys this one serves."""
+
     name: str
     socket: Path
     timeout_ms: int
@@ -93,6 +104,8 @@ StoreSettings = FileStoreSettings | Pkcs11StoreSettings | UpstreamStoreSettings
 
 @dataclass(frozen=True, slots=True)
 class ConfirmSettings:
+    """The confirmation hook (``policy.confirm``)."""
+
     command: tuple[str, ...]
     timeout_ms: int
     cache_ms: int
@@ -103,6 +116,8 @@ class ConfirmSettings:
 
 @dataclass(frozen=True, slots=True)
 class PolicySettings:
+    """Which keys may sign (``policy``)."""
+
     allow: tuple[Matcher, ...]
     deny: tuple[Matcher, ...]
     confirm: ConfirmSettings
@@ -110,6 +125,8 @@ class PolicySettings:
 
 @dataclass(frozen=True, slots=True)
 class ListenerSettings:
+    """One extra socket (``listeners``): who may connect and which keys it shows."""
+
     name: str
     socket: Path
     mode: int
@@ -126,6 +143,8 @@ class ListenerSettings:
 
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
+    """Where and how often metrics snapshots are written (``metrics``)."""
+
     path: Path | None
     interval_ms: int
     prometheus_textfile: Path | None
@@ -133,18 +152,24 @@ class MetricsSettings:
 
 @dataclass(frozen=True, slots=True)
 class AuditSettings:
+    """The audit log (``audit``)."""
+
     #: JSON lines file; "-" = stderr; None = off.
     path: str | None
 
 
 @dataclass(frozen=True, slots=True)
 class LoggingSettings:
+    """Log level and format (``logging``)."""
+
     level: str
     format: str
 
 
 @dataclass(frozen=True, slots=True)
 class RuntimeSettings:
+    """Everything the running agent needs, derived once from the config."""
+
     agent: AgentSettings
     stores: tuple[StoreSettings, ...]
     policy: PolicySettings
@@ -155,91 +180,29 @@ class RuntimeSettings:
 
     @classmethod
     def from_config(cls, cfg: SecretivexConfig) -> RuntimeSettings:
-        a = cfg.agent
-        agent = AgentSettings(
-            socket=Path(a.socket).expanduser(),
-            profile=a.profile,
-            max_connections=a.max_connections,
-            max_signers=a.max_signers,
-            sign_timeout_ms=a.sign_timeout_ms,
-            idle_timeout_ms=a.idle_timeout_ms,
-            identity_cache_ms=a.identity_cache_ms,
-            listen_backlog=a.listen_backlog,
-            allow_add=a.allow_add,
-            allow_lock=a.allow_lock,
-            max_added_keys=a.max_added_keys,
-            max_added_bytes=a.max_added_bytes,
-            pkcs11_allowlist=tuple(a.pkcs11_allowlist),
-            max_connections_per_uid=a.max_connections_per_uid,
-            reserved_connections=a.reserved_connections,
-            max_buffered_bytes=a.max_buffered_bytes,
-            frame_timeout_ms=a.frame_timeout_ms,
-            default_lifetime_s=a.default_lifetime,
-        )
-        c = cfg.policy.confirm
-        policy = PolicySettings(
-            allow=tuple(cfg.policy.allow),
-            deny=tuple(cfg.policy.deny),
-            confirm=ConfirmSettings(
-                command=tuple(c.command),
-                timeout_ms=c.timeout_ms,
-                cache_ms=c.cache_ms,
-                keys=tuple(c.keys) if c.command else None,
-                max_concurrent=c.max_concurrent,
-            ),
-        )
-        m = cfg.metrics
-        return cls(
-            agent=agent,
-            stores=tuple(_store(s, i, a.identity_cache_ms) for i, s in enumerate(cfg.stores)),
-            policy=policy,
-            listeners=tuple(_listener(lc, i) for i, lc in enumerate(cfg.listeners)),
-            metrics=MetricsSettings(m.path, m.interval_ms, m.prometheus_textfile),
-            audit=AuditSettings(cfg.audit.path),
-            logging=LoggingSettings(cfg.logging.level, cfg.logging.format),
-        )
+        settings: RuntimeSettings = derive(cfg, cls.make)
+        return settings
+
+    @staticmethod
+    def make(kind: str, /, **fields: Any) -> Any:
+        """``derive``'s ``make``: the settings class called ``kind``, built."""
+        return SETTINGS_CLASSES[kind](**fields)
 
 
-#: Fastest an upstream listing is re-read, whatever ``identity_cache_ms`` says.
-MIN_REFRESH_MS = 100
-
-
-def _store(s: StoreConfig, index: int, identity_cache_ms: int) -> StoreSettings:
-    """Settings of one store; an unnamed store is called ``<type>-<index>``; an upstream
-    without ``refresh_ms`` refreshes every ``agent.identity_cache_ms``."""
-    name = s.name or f"{s.type}-{index}"
-    if s.type == "file":
-        return FileStoreSettings(name, tuple(s.paths), s.passphrase_env, s.passphrase_file)
-    if s.type == "pkcs11":
-        return Pkcs11StoreSettings(
-            name,
-            s.module,
-            s.token_label,
-            s.token_serial,
-            s.slot,
-            s.pin_env,
-            s.pin_file,
-            pin_command=None if s.pin_command is None else tuple(s.pin_command),
-            pin_prompt=bool(s.pin_prompt),
-            pin_timeout_ms=s.pin_timeout_ms,
-        )
-    refresh_ms = max(identity_cache_ms, MIN_REFRESH_MS) if s.refresh_ms is None else s.refresh_ms
-    return UpstreamStoreSettings(
-        name, s.socket, s.timeout_ms, refresh_ms, s.stale_expiry_ms, s.max_signers
+#: The settings classes by name, for ``derive`` and the config loader's wire format.
+SETTINGS_CLASSES: dict[str, type[Any]] = {
+    c.__name__: c
+    for c in (
+        AgentSettings,
+        FileStoreSettings,
+        Pkcs11StoreSettings,
+        UpstreamStoreSettings,
+        ConfirmSettings,
+        PolicySettings,
+        ListenerSettings,
+        MetricsSettings,
+        AuditSettings,
+        LoggingSettings,
+        RuntimeSettings,
     )
-
-
-def _listener(lc: ListenerSection, index: int) -> ListenerSettings:
-    return ListenerSettings(
-        name=f"listener-{index}",
-        socket=Path(lc.socket).expanduser(),
-        mode=lc.mode_bits,
-        owner=lc.owner,
-        group=lc.group,
-        keys=tuple(lc.keys),
-        peer_uids=tuple(lc.peers.uids),
-        peer_gids=tuple(lc.peers.gids),
-        allow_add=lc.allow_add,
-        allow_lock=lc.allow_lock,
-        max_connections=lc.max_connections,
-    )
+}

@@ -8,7 +8,7 @@ See ``docs/metrics.md`` for every field and the compatibility policy.
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from secretivex.metrics.guardrails import (
     Guardrail,
@@ -23,7 +23,6 @@ from secretivex.metrics.histogram import (
     percentile_from_buckets,
     tail_ratio_from_buckets,
 )
-from secretivex.metrics.prometheus import render_prometheus
 from secretivex.metrics.recorder import SCHEMA_VERSION, SNAPSHOT_KINDS, MetricsRecorder
 from secretivex.metrics.writer import (
     load_snapshot,
@@ -32,6 +31,9 @@ from secretivex.metrics.writer import (
     write_now,
     write_snapshot_atomic,
 )
+
+if TYPE_CHECKING:
+    from secretivex.metrics.prometheus import render_prometheus
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -69,3 +71,12 @@ def snapshot_schema() -> dict[str, Any]:
 
     data: dict[str, Any] = json.loads(_schema_text())
     return data
+
+
+def __getattr__(name: str) -> Any:
+    # The Prometheus text format only for an agent with a textfile configured.
+    if name == "render_prometheus":
+        from secretivex.metrics.prometheus import render_prometheus
+
+        return render_prometheus
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

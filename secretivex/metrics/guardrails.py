@@ -31,6 +31,8 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Guardrail:
+    """At most ``max_ratio`` of the requests may wait longer than ``tail_ns`` for a slot."""
+
     tail_ns: int
     max_ratio: float
     source: str = "explicit"  # "explicit" or "profile:<name>"

@@ -11,9 +11,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import orjson
 
-from secretivex.metrics.prometheus import render_prometheus
 from secretivex.metrics.recorder import MetricsRecorder
 
 __all__ = [
@@ -32,6 +30,8 @@ def _encode(data: Mapping[str, Any] | bytes | str) -> bytes:
         return data
     if isinstance(data, str):
         return data.encode("utf-8")
+    import orjson  # on the first write (in the writer's thread), not at start
+
     return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 
@@ -83,6 +83,8 @@ def _create_temp(directory: Path, name: str) -> tuple[int, str]:
 
 def load_snapshot(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a snapshot file. Raises ``OSError`` or ``ValueError`` (not JSON / not an object)."""
+    import orjson
+
     raw = Path(path).read_bytes()
     try:
         data = orjson.loads(raw)
@@ -103,6 +105,8 @@ def write_metrics_files(
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_snapshot_atomic(path, snapshot)
     if prometheus_textfile is not None:
+        from secretivex.metrics.prometheus import render_prometheus
+
         Path(prometheus_textfile).parent.mkdir(parents=True, exist_ok=True)
         write_snapshot_atomic(prometheus_textfile, render_prometheus(snapshot))
 

@@ -32,6 +32,8 @@ HANGUP = ConfirmOutcome.HANGUP
 
 @dataclass(frozen=True, slots=True)
 class ConfirmRequest:
+    """What the confirmation hook is told about a signature request."""
+
     fingerprint: str
     comment: str
     key_type: str

@@ -27,6 +27,8 @@ HOSTBOUND_METHOD = "publickey-hostbound-v00@openssh.com"
 
 @dataclass(frozen=True, slots=True)
 class SessionBinding:
+    """One ``session-bind@openssh.com`` a connection received, in order."""
+
     host_key: bytes
     session_id: bytes
     is_forwarding: bool
@@ -34,6 +36,8 @@ class SessionBinding:
 
 @dataclass(frozen=True, slots=True)
 class DestinationCheck:
+    """The verdict on a signature request under destination constraints."""
+
     allowed: bool
     reason: str = ""
     destination: str = ""
@@ -41,6 +45,8 @@ class DestinationCheck:
 
 @dataclass(frozen=True, slots=True)
 class UserauthRequest:
+    """The fields of an SSH userauth request that destination checks need."""
+
     session_id: bytes
     user: str
     key_blob: bytes

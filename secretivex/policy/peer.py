@@ -13,6 +13,8 @@ _UCRED = struct.Struct("3i")
 
 @dataclass(frozen=True, slots=True)
 class PeerCredentials:
+    """A client's SO_PEERCRED: process, user and group ids."""
+
     pid: int
     uid: int
     gid: int

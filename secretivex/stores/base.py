@@ -56,6 +56,8 @@ class StoreState(str, Enum):
 
 @dataclass(slots=True)
 class StoreHealth:
+    """A store's state for the health document and metrics."""
+
     name: str
     kind: str
     state: StoreState

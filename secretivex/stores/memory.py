@@ -53,6 +53,8 @@ class OriginConflict(StoreError):
 
 @dataclass(slots=True)
 class _Entry:
+    """One added key, its identity, its expiry and its accounted size."""
+
     key: SoftwareKey
     identity: Identity
     expires_at: float | None  # time.monotonic() deadline

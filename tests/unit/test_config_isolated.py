@@ -158,17 +158,18 @@ def test_a_loader_that_dies_is_a_loader_error_not_a_config_error(
 ) -> None:
     request = _request(tmp_path)
 
-    def crash(self: AgentConfigRequest) -> object:
+    # The loader process runs ``derive`` (``load`` is ``derive`` with the real classes).
+    def crash(self: AgentConfigRequest, make: object) -> object:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(AgentConfigRequest, "load", crash)
+    monkeypatch.setattr(AgentConfigRequest, "derive", crash)
     with pytest.raises(ConfigLoaderError, match="RuntimeError: boom"):
         start_load(request).result()
 
-    def die(self: AgentConfigRequest) -> object:
+    def die(self: AgentConfigRequest, make: object) -> object:
         os._exit(9)
 
-    monkeypatch.setattr(AgentConfigRequest, "load", die)
+    monkeypatch.setattr(AgentConfigRequest, "derive", die)
     with pytest.raises(ConfigLoaderError, match="status 9"):
         start_load(request).result()
     monkeypatch.setattr(sys, "executable", "/nonexistent/python")
@@ -195,11 +196,11 @@ def test_the_loader_process_keeps_stray_output_off_the_answer(tmp_path: Path) ->
     code = (
         "import marshal, sys\n"
         "from secretivex.config import isolated\n"
-        "real = isolated.AgentConfigRequest.load\n"
-        "def noisy(self):\n"
+        "real = isolated.AgentConfigRequest.derive\n"
+        "def noisy(self, make):\n"
         "    print('noise on stdout')\n"
-        "    return real(self)\n"
-        "isolated.AgentConfigRequest.load = noisy\n"
+        "    return real(self, make)\n"
+        "isolated.AgentConfigRequest.derive = noisy\n"
         "isolated.serve(marshal.load(sys.stdin.buffer))\n"
     )
     request = _request(tmp_path)
@@ -214,3 +215,80 @@ def test_the_loader_process_keeps_stray_output_off_the_answer(tmp_path: Path) ->
     assert b"noise on stdout" in proc.stderr
     kind, settings, _ = _loads(proc.stdout)
     assert kind == "ok" and isinstance(settings, RuntimeSettings)
+
+
+#: A loader process (as ``serve`` sets one up) that loads, answers as it does (the
+#: answer decoded here too) and reports what it imported.
+LOADER_IMPORTS = (
+    "import marshal, sys\n"
+    "from secretivex.config import isolated\n"
+    "isolated._as_loader_process()\n"
+    "request = isolated._decode(marshal.load(sys.stdin.buffer))\n"
+    "assert isolated._loads(isolated._dumps(isolated._outcome(request)))[0] == 'ok'\n"
+    "print(sorted(sys.modules))\n"
+)
+
+
+def _loader_modules(request: AgentConfigRequest, **env: str) -> list[str]:
+    import ast
+
+    proc = subprocess.run(
+        [sys.executable, "-c", LOADER_IMPORTS],
+        input=marshal.dumps(_encode(request)),
+        capture_output=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env},
+    )
+    names: list[str] = ast.literal_eval(proc.stdout.decode())
+    return names
+
+
+def test_the_loader_process_skips_pydantic_plugin_discovery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request = _request(tmp_path)
+    monkeypatch.delenv("PYDANTIC_DISABLE_PLUGINS", raising=False)
+    names = _loader_modules(request)
+    assert "secretivex.config.models" in names
+    assert "importlib.metadata" not in names  # the stand-in plugin loader, not pydantic's
+    # Only some plugins disabled: pydantic's own loader, which reads package metadata.
+    assert "importlib.metadata" in _loader_modules(request, PYDANTIC_DISABLE_PLUGINS="x")
+
+
+def test_the_stand_in_plugin_loader_answers_as_pydantics_own_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic.plugin import _loader
+
+    from secretivex.config import isolated
+
+    monkeypatch.setenv("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    assert list(_loader.get_plugins()) == []
+    assert _loader.__name__ == isolated._PLUGIN_LOADER
+    monkeypatch.delitem(sys.modules, _loader.__name__)
+    isolated._without_plugin_discovery()
+    assert list(sys.modules[_loader.__name__].get_plugins()) == []
+
+
+def test_the_loader_process_sends_settings_without_building_the_settings_classes(
+    tmp_path: Path,
+) -> None:
+    code = (
+        "import marshal, sys\n"
+        "from secretivex.config import isolated\n"
+        "request = isolated._decode(marshal.load(sys.stdin.buffer))\n"
+        "sys.stdout.buffer.write(isolated._dumps(isolated._outcome(request)))\n"
+        "assert 'secretivex.config.runtime' not in sys.modules, 'the child built them'\n"
+    )
+    request = _request(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        input=marshal.dumps(_encode(request)),
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert _loads(proc.stdout) == ("ok", *request.load())

@@ -135,10 +135,13 @@ def test_the_agent_fast_path_takes_plain_starts_and_leaves_the_rest_to_typer() -
 
 
 #: Never in the agent process: the config is validated in a short-lived child
-#: (secretivex.config.isolated), plain starts skip the CLI framework.
+#: (secretivex.config.isolated), plain starts skip the CLI framework; bcrypt's extension
+#: waits for an encrypted key or a lock (secretivex.agent.lazy_bcrypt); hashlib's
+#: OpenSSL digests for a lock (fingerprints hash with cryptography).
 NOT_IN_THE_AGENT_PROCESS = ("pydantic", "pydantic_core", "yaml", "typer", "click", "rich",
                             "secretivex.config.models", "secretivex.config.loader",
-                            "importlib.metadata", "pickle")  # fmt: skip
+                            "importlib.metadata", "pickle", "bcrypt._bcrypt",
+                            "_hashlib")  # fmt: skip
 
 #: Runs the CLI like the console script and, when this process (not the config
 #: loader it forks) exits, writes the modules it imported.
@@ -196,6 +199,43 @@ def test_the_agent_process_never_imports_pydantic_yaml_or_typer(tmp_path: Path) 
     for names in (zero_config, configured):
         assert "secretivex.agent.server" in names and "secretivex.config.runtime" in names
         assert offenders(names, NOT_IN_THE_AGENT_PROCESS) == []
+
+
+#: The config loader on its own, in a fresh interpreter, answering as the forked loader
+#: child does: the modules it imported.
+LOADER_MODULES = """
+import sys
+from pathlib import Path
+from secretivex.config.isolated import AgentConfigRequest, _as_loader_process, _dumps, _outcome
+_as_loader_process()
+_dumps(_outcome(AgentConfigRequest(config_files=(Path(sys.argv[1]),))))
+print("\\n".join(sorted(sys.modules)))
+"""
+
+
+def test_the_modules_imported_before_the_loader_fork_are_needed_on_both_sides(
+    tmp_path: Path,
+) -> None:
+    """``SHARED_MODULES`` are imported before the fork so that the work is done once;
+    one that only one side needs would lengthen the other side's path for nothing."""
+    from secretivex.cli.agent_run import SHARED_MODULES
+
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"agent:\n  profile: fanout\nmetrics:\n  path: {tmp_path}/m.json\n")
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    env.pop("SECRETIVEX_CONFIG", None)
+    loader = subprocess.run(
+        [sys.executable, "-c", LOADER_MODULES, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
+    ).stdout.split()
+    agent = _agent_modules(tmp_path / "agent", "--config", str(config))
+    assert "secretivex.config.models" in loader and "secretivex.agent.server" in agent
+    assert sorted(set(SHARED_MODULES) - set(loader)) == []
+    assert sorted(set(SHARED_MODULES) - agent) == []
 
 
 #: Generous on purpose (the target, with the bench comparison's numbers, is 3x): this
