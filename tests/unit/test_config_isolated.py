@@ -204,14 +204,7 @@ def test_the_loader_process_keeps_stray_output_off_the_answer(tmp_path: Path) ->
         "isolated.serve(marshal.load(sys.stdin.buffer))\n"
     )
     request = _request(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        input=marshal.dumps(_encode(request)),
-        capture_output=True,
-        timeout=60,
-        check=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
+    proc = _run_child(code, request)
     assert b"noise on stdout" in proc.stderr
     kind, settings, _ = _loads(proc.stdout)
     assert kind == "ok" and isinstance(settings, RuntimeSettings)
@@ -229,17 +222,25 @@ LOADER_IMPORTS = (
 )
 
 
-def _loader_modules(request: AgentConfigRequest, **env: str) -> list[str]:
-    import ast
-
-    proc = subprocess.run(
-        [sys.executable, "-c", LOADER_IMPORTS],
+def _run_child(
+    code: str, request: AgentConfigRequest, *, check: bool = True, **env: str
+) -> subprocess.CompletedProcess[bytes]:
+    """``code`` in a fresh interpreter with the encoded ``request`` on its stdin, as the
+    agent hands it to the loader child."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
         input=marshal.dumps(_encode(request)),
         capture_output=True,
         timeout=60,
-        check=True,
+        check=check,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env},
     )
+
+
+def _loader_modules(request: AgentConfigRequest, **env: str) -> list[str]:
+    import ast
+
+    proc = _run_child(LOADER_IMPORTS, request, **env)
     names: list[str] = ast.literal_eval(proc.stdout.decode())
     return names
 
@@ -282,13 +283,6 @@ def test_the_loader_process_sends_settings_without_building_the_settings_classes
         "assert 'secretivex.config.runtime' not in sys.modules, 'the child built them'\n"
     )
     request = _request(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        input=marshal.dumps(_encode(request)),
-        capture_output=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
+    proc = _run_child(code, request, check=False)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert _loads(proc.stdout) == ("ok", *request.load())
