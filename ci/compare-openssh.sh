@@ -159,7 +159,7 @@ for agent in "${agents[@]}"; do
   startup[$agent]="$(tr ' ' '\n' <<<"${startup_runs[$agent]}" | grep . | median)"
 done
 
-declare -A sockets=()
+declare -A sockets=() pids=()
 for agent in "${agents[@]}"; do
   sockets[$agent]="$SX_RUN/$agent.sock"
   if [[ "$agent" == secretivex* ]]; then
@@ -167,7 +167,21 @@ for agent in "${agents[@]}"; do
   else
     sx_start_agent "$agent" "${sockets[$agent]}" "$SX_TMP/keys"
   fi
+  pids[$agent]="$SX_AGENT_PID"
 done
+
+# Agent CPU per run (/proc/PID/stat utime + stime): CPU per answered request and the
+# cores the agent used (CPU / wall time), so a ratio can be read as "less CPU per
+# request" or "more cores". scenario/agent -> space-separated values, one per round.
+clock_ticks="$(getconf CLK_TCK)"
+declare -A cpu_us=() cpu_cores=()
+cpu_ticks() {
+  local stat
+  stat="$(<"/proc/$1/stat")"
+  # shellcheck disable=SC2086 # split the fields after the command name on purpose
+  set -- ${stat##*) }
+  printf '%d\n' "$((${12} + ${13}))"
+}
 
 # scenario -> "key flags mode workers duration"
 declare -A shape=(
@@ -207,12 +221,26 @@ run_one() {
     sleep 0.7
   fi
   sx_log "round $round: $scenario against $agent ($workers workers, $mode, $dur, load $(cut -d' ' -f1 /proc/loadavg))"
+  local ticks0 ticks1
+  ticks0="$(cpu_ticks "${pids[$agent]}")"
   sx bench run "${args[@]}" >"$SX_TMP/last-run.txt" 2>&1 || {
     cat "$SX_TMP/last-run.txt" >&2
     sx_die "bench of $scenario against $agent failed"
   }
+  ticks1="$(cpu_ticks "${pids[$agent]}")"
   if [[ -n "$load_pid" ]]; then wait "$load_pid" || true; fi
   grep -E '^(attempted|rps|latency)' "$SX_TMP/last-run.txt" | sed 's/^/    /' >&2
+  if [[ -z "$load_pid" ]]; then  # with the RSA load running, the CPU is not this run's
+    local ok elapsed_ms
+    ok="$(grep -oP '^attempted [0-9,]+ +ok \K[0-9,]+' "$SX_TMP/last-run.txt" | tr -d ,)"
+    elapsed_ms="$(grep -oP 'elapsed \K[0-9,]+' "$SX_TMP/last-run.txt" | head -1 | tr -d ,)"
+    if [[ "${ok:-0}" -gt 0 && "${elapsed_ms:-0}" -gt 0 ]]; then
+      cpu_us[$scenario/$agent]+="$(awk -v t=$((ticks1 - ticks0)) -v hz="$clock_ticks" -v n="$ok" \
+        'BEGIN {printf "%.1f", t / hz * 1e6 / n}') "
+      cpu_cores[$scenario/$agent]+="$(awk -v t=$((ticks1 - ticks0)) -v hz="$clock_ticks" \
+        -v ms="$elapsed_ms" 'BEGIN {printf "%.2f", t / hz / (ms / 1000)}') "
+    fi
+  fi
 }
 
 IFS=, read -r -a wanted <<<"$scenarios"
@@ -311,6 +339,23 @@ compare_json=()
     sx bench compare "${args[@]}" --plot-dir "$out"
     printf '\n\n'
   done
+  # shellcheck disable=SC2016 # backquotes are Markdown
+  printf '### Agent CPU per request (same runs)\n\nThe agent'"'"'s CPU time (`/proc/PID/stat`) per answered request, and the cores it used (CPU time / wall time), medians over the rounds; the load generator runs on the same host. Not measured under the RSA load.\n\n| scenario |'
+  for agent in "${agents[@]}"; do printf ' %s |' "$agent"; done
+  printf '\n| --- |'
+  for agent in "${agents[@]}"; do printf ' --- |'; done
+  printf '\n'
+  for scenario in "${wanted[@]}"; do
+    [[ "$scenario" == ed25519-under-rsa ]] && continue
+    printf '| %s |' "$scenario"
+    for agent in "${agents[@]}"; do
+      us="$(tr ' ' '\n' <<<"${cpu_us[$scenario/$agent]:-}" | grep . | sort -g | awk '{v[NR]=$1} END {if (NR) print v[int((NR + 1) / 2)]}')"
+      cores="$(tr ' ' '\n' <<<"${cpu_cores[$scenario/$agent]:-}" | grep . | sort -g | awk '{v[NR]=$1} END {if (NR) print v[int((NR + 1) / 2)]}')"
+      if [[ -n "$us" ]]; then printf ' %s us (%s cores) |' "$us" "$cores"; else printf ' - |'; fi
+    done
+    printf '\n'
+  done
+  printf '\n'
   printf '| extra |'
   for agent in "${agents[@]}"; do printf ' %s |' "$agent"; done
   printf ' target |\n| --- |'

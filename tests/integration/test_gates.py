@@ -173,6 +173,15 @@ def test_compare_openssh_short(tmp_path: Path) -> None:
         assert len(re.findall(r"^\| ed25519 \|", ceiling, re.M)) == 2, ceiling
     else:
         assert "Go x/crypto agent skipped:" in table  # says why, never silently
+    # Agent CPU per request and cores used, per scenario and agent (not under RSA load).
+    cpu = table.split("### Agent CPU per request", 1)[1].split("| extra |", 1)[0]
+    for scenario in scenarios[:-1]:
+        row = re.search(rf"^\| {scenario} \|(.*)$", cpu, re.M)
+        assert row, cpu
+        cells = re.findall(r" ([\d.]+) us \(([\d.]+) cores\) \|", row.group(1))
+        assert len(cells) == len(agents), row.group(0)
+        assert all(float(us) >= 0 and 0 <= float(cores) < 64 for us, cores in cells), row.group(0)
+    assert "| ed25519-under-rsa |" not in cpu
     rows = json.loads((out / "compare-openssh.json").read_text())
     assert next(row["scenario"] for row in rows) == "ed25519"
     for row in rows:
