@@ -37,8 +37,7 @@ class StoreRegistry:
         Never waits on I/O: every store answers ``identities`` from memory and refreshes
         in its ``maintain`` (an upstream agent that hangs must not delay other stores).
         """
-        key = self._versions()
-        if key != self._cache_key or self.memory.expiring():
+        if not self.listing_fresh():
             listing: list[Identity] = []
             owners: dict[bytes, tuple[KeyStore, Identity]] = {}
             for store in self.stores:
