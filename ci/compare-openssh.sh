@@ -349,9 +349,13 @@ compare_json=()
     [[ "$scenario" == ed25519-under-rsa ]] && continue
     printf '| %s |' "$scenario"
     for agent in "${agents[@]}"; do
-      us="$(tr ' ' '\n' <<<"${cpu_us[$scenario/$agent]:-}" | grep . | sort -g | awk '{v[NR]=$1} END {if (NR) print v[int((NR + 1) / 2)]}')"
-      cores="$(tr ' ' '\n' <<<"${cpu_cores[$scenario/$agent]:-}" | grep . | sort -g | awk '{v[NR]=$1} END {if (NR) print v[int((NR + 1) / 2)]}')"
-      if [[ -n "$us" ]]; then printf ' %s us (%s cores) |' "$us" "$cores"; else printf ' - |'; fi
+      if [[ -n "${cpu_us[$scenario/$agent]:-}" ]]; then
+        printf ' %s us (%s cores) |' \
+          "$(tr ' ' '\n' <<<"${cpu_us[$scenario/$agent]}" | grep . | median)" \
+          "$(tr ' ' '\n' <<<"${cpu_cores[$scenario/$agent]}" | grep . | median)"
+      else
+        printf ' - |'
+      fi
     done
     printf '\n'
   done
