@@ -477,3 +477,44 @@ def test_config_validate_reports_an_audit_path_that_cannot_be_opened(tmp_path: P
     assert checked.returncode == 2 and "audit.path" in checked.stdout + checked.stderr, (
         f"config validate exit {checked.returncode}: {checked.stdout!r} {checked.stderr!r}"
     )
+
+
+# -- F9: an upstream store that is the agent itself, through another path ----------------
+
+
+def test_upstream_pointing_back_at_the_agent_through_a_symlink_is_caught(
+    tmp_path: Path,
+) -> None:
+    """`stores[].socket` naming the agent's own socket is refused at load ("requests
+    would loop back into the agent"), but the check compares paths: a symlink to the
+    socket (or any other alias) passes, the upstream then owns every key the agent
+    lists (it is first), and every sign loops back until the upstream timeout (5 s)
+    and fails. Checking the peer (SO_PEERCRED pid == own pid) or the socket's inode
+    would catch every alias."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    key = _home_key(home, comment="file-key")
+    run_dir = tmp_path / "run"
+    sock = run_dir / "agent.sock"
+    alias = tmp_path / "alias.sock"
+    alias.symlink_to(sock)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"stores:\n  - type: upstream\n    socket: {alias}\n    timeout_ms: 2000\n"
+        f"  - type: file\n    paths: [{key}]\n"
+    )
+    agent = start_agent(tmp_path, "--config", str(config), wait=False)
+    try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            agent.proc.wait(3)
+        if agent.proc.poll() is not None:
+            assert agent.proc.returncode == 2, agent.log()
+            return  # refused as a config error: fixed
+        time.sleep(1.5)  # the upstream's background refresh has listed the agent's keys
+        signed = _sign_file(agent.env, key, tmp_path)
+    finally:
+        agent.stop()
+    assert signed.returncode == 0, (
+        "an upstream store that is the agent itself (through a symlink) was accepted and "
+        f"took over the file key, whose signs now loop and fail:\n{signed.stderr}"
+    )
