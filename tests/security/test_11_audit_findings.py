@@ -71,6 +71,7 @@ def _sign_file(env: dict[str, str], key: Path, tmp: Path) -> subprocess.Complete
 # -- F1: ssh-add constraints on a key a configured store also serves ----------------------
 
 
+@pytest.mark.xfail(strict=True, reason="F1: not fixed yet (AUDIT-REPORT)")
 def test_ssh_add_confirm_applies_to_a_key_also_served_from_dot_ssh(tmp_path: Path) -> None:
     """`ssh-add -c ~/.ssh/id_ed25519` on the zero-config agent: ssh-add says "The user
     must confirm each use of the key", the agent logs confirm=True, and then signs
@@ -111,6 +112,7 @@ def test_ssh_add_confirm_applies_to_a_key_also_served_from_dot_ssh(tmp_path: Pat
         )
 
 
+@pytest.mark.xfail(strict=True, reason="F1: not fixed yet (AUDIT-REPORT)")
 def test_ssh_add_destination_constraint_applies_to_a_key_also_served_from_dot_ssh(
     tmp_path: Path,
 ) -> None:
@@ -141,6 +143,7 @@ def test_ssh_add_destination_constraint_applies_to_a_key_also_served_from_dot_ss
         )
 
 
+@pytest.mark.xfail(strict=True, reason="F1: not fixed yet (AUDIT-REPORT)")
 def test_ssh_add_lifetime_applies_to_a_key_also_served_from_dot_ssh(tmp_path: Path) -> None:
     """`ssh-add -t 1 ~/.ssh/id_ed25519` prints "Lifetime set to 1 seconds"; two seconds
     later the key is still listed and signs (OpenSSH: gone). Either refuse the add or
@@ -213,6 +216,7 @@ def _lying_upstream(path: Path, identities: list[tuple[bytes, bytes]]) -> Iterat
         server.close()
 
 
+@pytest.mark.xfail(strict=True, reason="F2: not fixed yet (AUDIT-REPORT)")
 def test_malformed_upstream_key_does_not_break_listing_of_other_stores(tmp_path: Path) -> None:
     """An upstream agent lists one key whose blob says ssh-ed25519 but holds 5 bytes.
     secretivex passes it through, and OpenSSH's clients reject the WHOLE answer
@@ -244,6 +248,7 @@ def test_malformed_upstream_key_does_not_break_listing_of_other_stores(tmp_path:
 # -- F3: audit.path follows a symlink another uid planted -------------------------------
 
 
+@pytest.mark.xfail(strict=True, reason="F3: not fixed yet (AUDIT-REPORT)")
 def test_audit_path_symlink_planted_by_another_uid_is_not_followed(tmp_path: Path) -> None:
     """The audit log is opened O_APPEND|O_CREAT without O_NOFOLLOW and without the
     checks the socket directory gets. Whoever can write the audit directory (here: it is
@@ -306,6 +311,7 @@ except OSError as exc:
 """
 
 
+@pytest.mark.xfail(strict=True, reason="F4: not fixed yet (AUDIT-REPORT)")
 @pytest.mark.parametrize("revocation", ["peer removed", "listener removed"])
 def test_reload_cuts_connections_the_new_config_no_longer_admits(
     tmp_path: Path, revocation: str
@@ -375,6 +381,7 @@ def test_reload_cuts_connections_the_new_config_no_longer_admits(
 # -- F5: --kill kills a process that merely mentions "secretivex" ------------------------
 
 
+@pytest.mark.xfail(strict=True, reason="F5: not fixed yet (AUDIT-REPORT)")
 def test_kill_refuses_a_process_that_is_not_a_secretivex_agent(tmp_path: Path) -> None:
     """docs/quickstart.md: "--kill refuses a pid that is not a secretivex agent". The
     check is `b"secretivex" in argv[0..2]`: a stale SSH_AGENT_PID now naming
@@ -419,6 +426,7 @@ def test_kill_refuses_a_process_that_is_not_a_secretivex_agent(tmp_path: Path) -
 # -- F6: a config file others can write is used silently ---------------------------------
 
 
+@pytest.mark.xfail(strict=True, reason="F6: not fixed yet (AUDIT-REPORT)")
 def test_config_file_writable_by_others_is_refused_or_warned(tmp_path: Path) -> None:
     """A config file decides which program runs as the agent (policy.confirm.command)
     and which uids get keys (listeners). A world-writable one (or one owned by another
@@ -442,6 +450,7 @@ def test_config_file_writable_by_others_is_refused_or_warned(tmp_path: Path) -> 
 # -- F7: unknown extensions get SSH_AGENT_EXTENSION_FAILURE ------------------------------
 
 
+@pytest.mark.xfail(strict=True, reason="F7: not fixed yet (AUDIT-REPORT)")
 def test_unknown_extension_is_answered_with_failure_as_openssh(tmp_path: Path) -> None:
     """draft-miller-ssh-agent §3.8: "If the agent does not support the requested
     extension then it MUST reply with an empty SSH_AGENT_FAILURE message"; OpenSSH's
@@ -467,6 +476,7 @@ def test_unknown_extension_is_answered_with_failure_as_openssh(tmp_path: Path) -
 # -- F8: config validate passes an audit.path the agent then refuses ---------------------
 
 
+@pytest.mark.xfail(strict=True, reason="F8: not fixed yet (AUDIT-REPORT)")
 def test_config_validate_reports_an_audit_path_that_cannot_be_opened(tmp_path: Path) -> None:
     """docs/security.md: "An audit.path that cannot be opened is a config error (exit 2,
     one line; config validate reports it)". The agent does exit 2; `config validate`
@@ -482,6 +492,7 @@ def test_config_validate_reports_an_audit_path_that_cannot_be_opened(tmp_path: P
 # -- F9: an upstream store that is the agent itself, through another path ----------------
 
 
+@pytest.mark.xfail(strict=True, reason="F9: not fixed yet (AUDIT-REPORT)")
 def test_upstream_pointing_back_at_the_agent_through_a_symlink_is_caught(
     tmp_path: Path,
 ) -> None:
