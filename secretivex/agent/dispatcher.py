@@ -504,6 +504,15 @@ class Dispatcher:
             raise Refused(
                 RequestOutcome.UNSUPPORTED, f"constraint {type(others[0]).__name__} not supported"
             )
+        if not ctx.listener.is_main:
+            # Only the owner may put constraints on (or a lifetime to) a key the agent
+            # serves from its configuration.
+            holder = await self.registry.served_elsewhere(key.public_blob)
+            if holder is not None:
+                raise Refused(
+                    RequestOutcome.ADD_REFUSED,
+                    f"key is served by store {holder}; only the main socket may add it",
+                )
         ident = self._store_added(ctx, key, req.comment, c, extra)
         log.info(
             "added key %s %s (lifetime=%s confirm=%s destinations=%d)",
@@ -533,6 +542,7 @@ class Dispatcher:
                 confirm=c.confirm,
                 constraints=extra,
                 origin=ctx.listener.origin,
+                lapses=c.lifetime is not None,
             )
         except StoreFull as exc:
             raise Refused(RequestOutcome.STORE_FULL, str(exc)) from None
@@ -540,12 +550,16 @@ class Dispatcher:
             raise Refused(RequestOutcome.ADD_REFUSED, str(exc)) from None
 
     async def remove_identity(self, ctx: ConnectionContext, req: protocol.RemoveIdentity) -> bytes:
-        """Remove one key. The main socket removes any ``ssh-add``ed key; a scoped
-        listener only keys added through it (never the owner's, even when it sees them)."""
+        """Remove one key. The main socket removes any ``ssh-add``ed key (a copy of a
+        configured store's key too: the store serves it again, without the copy's
+        constraints); a scoped listener only keys added through it (never the owner's,
+        even when it sees them)."""
         self._may_add(ctx)
         found = await self.registry.owner(req.key_blob)
         if found is None or not ctx.listener.sees(found[1]):
             raise Refused(RequestOutcome.NOT_FOUND)
+        if ctx.listener.is_main and self.registry.memory.remove(req.key_blob, origin=""):
+            return SUCCESS
         if not self.registry.is_removable(found[0]):
             raise Refused(
                 RequestOutcome.REMOVE_REFUSED, f"key belongs to configured store {found[0].name}"

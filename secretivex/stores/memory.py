@@ -60,6 +60,7 @@ class _Entry:
     expires_at: float | None  # time.monotonic() deadline
     size: int  # accounted bytes (key material, blobs, comment, constraints)
     listing_size: int  # bytes this key takes in an identities answer
+    lapses: bool = False  # when it expires, withhold the key everywhere (see ``lapsed``)
 
 
 def _constraint_bytes(constraints: tuple[Any, ...]) -> int:
@@ -111,6 +112,11 @@ class MemoryStore(KeyStore):
         self._listing_bytes = 0
         self._refused = 0
         self._refused_warned_at = -math.inf
+        #: Keys whose ``ssh-add -t`` lifetime (given through the main socket) ran out.
+        #: OpenSSH forgets such a key; here a configured store may serve the same key,
+        #: so the registry withholds these blobs from every store until they are added
+        #: again: the lifetime the owner asked for holds.
+        self.lapsed: set[bytes] = set()
 
     def add(
         self,
@@ -121,13 +127,16 @@ class MemoryStore(KeyStore):
         confirm: bool = False,
         constraints: tuple[Any, ...] = (),
         origin: str = MAIN_ORIGIN,
+        lapses: bool = False,
     ) -> Identity:
         """Add or replace a key (re-adding updates comment and constraints, as OpenSSH).
 
         ``origin`` is the socket the key came through (``MAIN_ORIGIN`` for the main
         socket). A scoped socket may replace only keys it added itself; the main socket
-        may replace any key, which then becomes the owner's (unscoped). Raises
-        ``OriginConflict`` or ``StoreFull`` (nothing changes then).
+        may replace any key, which then becomes the owner's (unscoped). ``lapses``: when
+        ``lifetime_s`` runs out the blob goes into ``lapsed`` (an explicit ``ssh-add
+        -t`` through the main socket). Raises ``OriginConflict`` or ``StoreFull``
+        (nothing changes then).
         """
         blob = key.public_blob
         existing = self._entries.get(blob)
@@ -149,7 +158,10 @@ class MemoryStore(KeyStore):
         expires = time.monotonic() + lifetime_s if lifetime_s else None
         if existing is not None:
             self._forget(blob)
-        self._entries[blob] = _Entry(key, identity, expires, size, listing_size)
+        lapses = lapses and expires is not None and origin == MAIN_ORIGIN
+        self._entries[blob] = _Entry(key, identity, expires, size, listing_size, lapses)
+        if origin == MAIN_ORIGIN:
+            self.lapsed.discard(blob)  # the owner added it again: served again
         self._bytes += size
         self._listing_bytes += listing_size
         self._rebuild()
@@ -228,6 +240,8 @@ class MemoryStore(KeyStore):
             entry = self._forget(blob)
             if entry is not None:
                 log.info("key expired: %s %s", entry.identity.fingerprint, entry.identity.comment)
+                if entry.lapses:
+                    self.lapsed.add(blob)
         if expired:
             self._rebuild()
         pending = [e.expires_at for e in self._entries.values() if e.expires_at is not None]

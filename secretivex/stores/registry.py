@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from secretivex.stores.base import Identity, KeyStore, StoreHealth
@@ -14,7 +15,14 @@ log = logging.getLogger(__name__)
 
 class StoreRegistry:
     """Configured stores first (config order), then the ssh-add memory store, then
-    smartcard stores added with ``ssh-add -s``. The first store listing a blob owns it."""
+    smartcard stores added with ``ssh-add -s``. The first store listing a blob owns it.
+
+    ``ssh-add`` through the main socket of a key that another store also serves (the
+    zero-config agent serves ``~/.ssh``) acts as OpenSSH's re-add: the key keeps its
+    place, comment and store, and takes the added copy's constraints (``-c``, ``-h``);
+    once an explicit ``-t`` lifetime runs out it is withheld from every store until it
+    is added again (``MemoryStore.lapsed``).
+    """
 
     def __init__(self, stores: Sequence[KeyStore] = (), memory: MemoryStore | None = None) -> None:
         self.configured: list[KeyStore] = list(stores)
@@ -40,6 +48,9 @@ class StoreRegistry:
         if not self.listing_fresh():
             listing: list[Identity] = []
             owners: dict[bytes, tuple[KeyStore, Identity]] = {}
+            memory = self.memory
+            added = {i.blob: i for i in await memory.identities() if not i.origin}
+            lapsed = memory.lapsed
             for store in self.stores:
                 try:
                     ids = await store.identities()
@@ -47,9 +58,22 @@ class StoreRegistry:
                     log.warning("store %s: listing failed: %s", store.name, exc)
                     continue
                 for ident in ids:
-                    if ident.blob not in owners:
-                        owners[ident.blob] = (store, ident)
-                        listing.append(ident)
+                    blob = ident.blob
+                    if blob in owners:
+                        continue
+                    if store is not memory:
+                        if blob in lapsed:
+                            continue
+                        overlay = added.get(blob)
+                        if overlay is not None:
+                            # Constraints only add: a store's own confirm stays.
+                            ident = replace(
+                                ident,
+                                confirm=ident.confirm or overlay.confirm,
+                                constraints=ident.constraints + overlay.constraints,
+                            )
+                    owners[blob] = (store, ident)
+                    listing.append(ident)
             self._listing = tuple(listing)
             self._owners = owners
             self._cache_key = self._versions()
@@ -74,6 +98,19 @@ class StoreRegistry:
 
     def is_removable(self, store: KeyStore) -> bool:
         return store is self.memory
+
+    async def served_elsewhere(self, blob: bytes) -> str | None:
+        """The name of a store other than the memory store that holds ``blob`` (withheld
+        or not), or None."""
+        for store in (*self.configured, *self.smartcards):
+            try:
+                ids = await store.identities()
+            except Exception as exc:  # a faulty store holds nothing it can serve
+                log.debug("store %s: listing failed: %s", store.name, exc)
+                continue
+            if any(i.blob == blob for i in ids):
+                return store.name
+        return None
 
     def health(self) -> list[StoreHealth]:
         return [s.health() for s in self.stores]

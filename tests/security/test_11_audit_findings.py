@@ -8,6 +8,7 @@ suggests is chosen (e.g. "refuse the add" or "enforce the constraint" both pass)
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
@@ -71,7 +72,6 @@ def _sign_file(env: dict[str, str], key: Path, tmp: Path) -> subprocess.Complete
 # -- F1: ssh-add constraints on a key a configured store also serves ----------------------
 
 
-@pytest.mark.xfail(strict=True, reason="F1: not fixed yet (AUDIT-REPORT)")
 def test_ssh_add_confirm_applies_to_a_key_also_served_from_dot_ssh(tmp_path: Path) -> None:
     """`ssh-add -c ~/.ssh/id_ed25519` on the zero-config agent: ssh-add says "The user
     must confirm each use of the key", the agent logs confirm=True, and then signs
@@ -112,7 +112,6 @@ def test_ssh_add_confirm_applies_to_a_key_also_served_from_dot_ssh(tmp_path: Pat
         )
 
 
-@pytest.mark.xfail(strict=True, reason="F1: not fixed yet (AUDIT-REPORT)")
 def test_ssh_add_destination_constraint_applies_to_a_key_also_served_from_dot_ssh(
     tmp_path: Path,
 ) -> None:
@@ -143,24 +142,69 @@ def test_ssh_add_destination_constraint_applies_to_a_key_also_served_from_dot_ss
         )
 
 
-@pytest.mark.xfail(strict=True, reason="F1: not fixed yet (AUDIT-REPORT)")
 def test_ssh_add_lifetime_applies_to_a_key_also_served_from_dot_ssh(tmp_path: Path) -> None:
-    """`ssh-add -t 1 ~/.ssh/id_ed25519` prints "Lifetime set to 1 seconds"; two seconds
-    later the key is still listed and signs (OpenSSH: gone). Either refuse the add or
-    stop serving the key when its lifetime ends."""
+    """`ssh-add -t 1 ~/.ssh/id_ed25519` prints "Lifetime set to 1 seconds"; once that
+    second is over OpenSSH has forgotten the key. The agent must too, although its
+    ~/.ssh file store also serves it: gone from `ssh-add -L`, refused for signing,
+    until it is added again. (ssh-keygen -Y sign would fall back to the unencrypted key
+    file, so the signature is asked of the agent directly.)"""
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
     key = _home_key(home)
+    public = key.with_suffix(".pub").read_text().split()[1]
     with running_agent(tmp_path) as agent:
+        assert public in agent.ssh_add("-L").stdout
         added = agent.ssh_add("-t", "1", str(key), check=False)
         if added.returncode != 0:
             return
         time.sleep(2.5)
-        signed = _sign_file(agent.env, key, tmp_path)
-        assert signed.returncode != 0, (
-            "ssh-add -t 1 accepted ('Lifetime set to 1 seconds'), but the key still signs "
-            "after its lifetime: the file store serves it regardless"
+        listed = agent.ssh_add("-L", check=False)
+        assert public not in listed.stdout, (
+            "ssh-add -t 1 accepted ('Lifetime set to 1 seconds'), but the key is still "
+            "listed after its lifetime: the file store serves it regardless"
         )
+        raw = RawAgent(agent.socket)
+        try:
+            reply = raw.request(protocol.SignRequest(base64.b64decode(public), b"data", 0))
+        finally:
+            raw.close()
+        assert reply[:1] == bytes([protocol.SSH_AGENT_FAILURE]), reply[:1]
+        # Added again, it is served again.
+        agent.ssh_add(str(key))
+        assert public in agent.ssh_add("-L").stdout
+
+
+def test_ssh_add_d_drops_the_copy_and_a_scoped_socket_cannot_add_a_served_key(
+    tmp_path: Path,
+) -> None:
+    """`ssh-add -d` of a key added with -c over the ~/.ssh one removes the copy: exit 0,
+    and the file store serves the key again as configured (no confirmation). A scoped
+    listener may not add a key the configured store serves (it would change the
+    owner's key)."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    key = _home_key(home)
+    public = key.with_suffix(".pub").read_text().split()[1]
+    scoped = tmp_path / "run" / "ci.sock"
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"listeners:\n  - socket: {scoped}\n    allow_add: true\n")
+    deny = {"SSH_ASKPASS": "/bin/false", "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"}
+    with running_agent(tmp_path, "--config", str(config), env=deny) as agent:
+        scoped_env = dict(agent.env, SSH_AUTH_SOCK=str(scoped))
+        refused = run(["ssh-add", "-c", str(key)], env=scoped_env, check=False)
+        assert refused.returncode != 0, refused
+        other = keygen(tmp_path, "id_other")  # control: the socket takes other keys
+        run(["ssh-add", str(other)], env=scoped_env)
+        agent.ssh_add("-c", str(key))
+        assert _sign_file(agent.env, key, tmp_path).returncode != 0  # askpass says no
+        removed = agent.ssh_add("-d", str(key), check=False)
+        assert removed.returncode == 0, removed
+        assert public in agent.ssh_add("-L").stdout
+        key.chmod(0)  # make sure ssh-keygen asks the agent, not the file
+        try:
+            assert _sign_file(agent.env, key, tmp_path).returncode == 0
+        finally:
+            key.chmod(0o600)
 
 
 # -- F2: a malformed key blob from an upstream agent breaks everyone's listing -----------
