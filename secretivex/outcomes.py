@@ -40,6 +40,8 @@ class RequestOutcome(StrEnum):
     POLICY_DENIED = "policy_denied"
     DESTINATION_DENIED = "destination_denied"
     PEER_DENIED = "peer_denied"
+    #: An open connection a reloaded config no longer admits (listener or peer gone).
+    PEER_REVOKED = "peer_revoked"
     SIGN_ERROR = "sign_error"
     TIMEOUT = "timeout"
     CONFIRM_DENIED = "confirm_denied"

@@ -33,6 +33,7 @@ from secretivex.outcomes import RequestOutcome
 log = logging.getLogger(__name__)
 
 PEER_DENIED = RequestOutcome.PEER_DENIED.value
+PEER_REVOKED = RequestOutcome.PEER_REVOKED.value
 
 
 class AuditPathError(Exception):

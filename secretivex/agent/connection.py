@@ -21,13 +21,14 @@ import logging
 import socket
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
 
 from secretivex import protocol
-from secretivex.agent.audit import PEER_DENIED
+from secretivex.agent.audit import PEER_DENIED, PEER_REVOKED
 from secretivex.agent.dispatcher import ConnectionContext, Dispatcher, Pending
 from secretivex.agent.limits import ConnectionTracker
 from secretivex.agent.listeners import ListenerSpec
@@ -198,17 +199,7 @@ class Connection(asyncio.Protocol):
         tracker.next_id += 1
         ctx = ConnectionContext(listener=listener, peer=peer, conn_id=tracker.next_id, sock=sock)
         if not listener.admits(peer):
-            metrics.on_connection_rejected(PEER_DENIED)
-            self._hub.dispatcher.audit.record(
-                socket=str(listener.path),
-                listener=listener.name,
-                request="connect",
-                outcome=PEER_DENIED,
-                peer_uid=peer.uid,
-                peer_gid=peer.gid,
-                peer_pid=peer.pid,
-                peer_exe=ctx.provenance()[0],
-            )
+            self._record_refusal(ctx, PEER_DENIED)
             refusals.warning(
                 PEER_DENIED,
                 "refused peer uid=%d gid=%d pid=%d on %s",
@@ -231,6 +222,47 @@ class Connection(asyncio.Protocol):
             return None
         tracker.open(listener, peer.uid)
         return ctx
+
+    def _record_refusal(self, ctx: ConnectionContext, outcome: str) -> None:
+        """Count and audit a peer the listener does not (or no longer) admit."""
+        dispatcher = self._hub.dispatcher
+        dispatcher.metrics.on_connection_rejected(outcome)
+        peer = ctx.peer
+        dispatcher.audit.record(
+            socket=str(ctx.listener.path),
+            listener=ctx.listener.name,
+            request="connect",
+            outcome=outcome,
+            peer_uid=peer.uid,
+            peer_gid=peer.gid,
+            peer_pid=peer.pid,
+            peer_exe=ctx.provenance()[0],
+        )
+
+    def recheck(self, listeners: frozenset[Path]) -> None:
+        """After a reload changed who ``listeners`` admit (or stopped serving them): cut
+        this connection if it came through one of them and its socket is gone or no
+        longer admits its peer. A request in flight is cancelled (a pending
+        confirmation's prompt goes away with it) and nothing more is answered."""
+        ctx = self._ctx
+        listener = self._listener
+        if ctx is None or self._lost or listener.path not in listeners:
+            return
+        if listener.still_admits(ctx.peer):
+            return
+        self._record_refusal(ctx, PEER_REVOKED)
+        log.warning(
+            "reload: closing connection %d from uid=%d pid=%d on %s: %s",
+            ctx.conn_id,
+            ctx.peer.uid,
+            ctx.peer.pid,
+            ctx.listener.path,
+            "socket removed" if listener.retired else "peer no longer admitted",
+        )
+        if self._task is not None:
+            self._task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
 
     # -- requests -----------------------------------------------------------------------
 

@@ -145,6 +145,13 @@ class ConnectionTracker:
             self.released += held - wanted
         return True
 
+    def recheck(self, listeners: frozenset[Path]) -> None:
+        """After a reload changed who ``listeners`` admit (or stopped them): their
+        connections close unless still admitted."""
+        if listeners:
+            for connection in list(self.connections):
+                connection.recheck(listeners)
+
     def drain(self) -> None:
         """Stop reading new requests; requests already being handled finish."""
         self.draining = True
@@ -154,6 +161,7 @@ class ConnectionTracker:
 
 class _Drainable(Protocol):
     def drain(self) -> None: ...
+    def recheck(self, listeners: frozenset[Path]) -> None: ...
 
 
 def _decrement(counts: dict[_K, int], key: _K) -> None:

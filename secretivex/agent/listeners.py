@@ -51,6 +51,8 @@ class ListenerSpec:
     #: the file grants that group read and write; counts as ``group`` when none is
     #: configured. Kept across reloads: the file is the manager's, not the config's.
     file_group: int | None = None
+    #: Set when a reload stopped serving this socket: its open connections are cut.
+    retired: bool = False
     _visible: dict[bytes, bool] = field(default_factory=dict, repr=False)
 
     @property
@@ -96,6 +98,11 @@ class ListenerSpec:
             return peer.uid in self.peer_uids or _in_groups(peer, self.peer_gids)
         group = self.group if self.group is not None else self.file_group
         return group is not None and _in_groups(peer, frozenset((group,)))
+
+    def still_admits(self, peer: PeerCredentials) -> bool:
+        """After a reload: whether a connection already open may stay (its socket is
+        still served and ``admits`` its peer under the new config)."""
+        return not self.retired and self.admits(peer)
 
     def adopt_socket_file(self) -> None:
         """Note the group of an inherited socket file that grants its group access

@@ -446,14 +446,17 @@ class Agent:
                 audit.close()
             raise
         # Listeners: start new ones, update changed ones in place, stop removed ones.
+        recheck: set[Path] = set()  # listeners whose open connections are checked again
         for path, spec in specs.items():
             serving = self._serving.get(path)
             if serving is None:
                 await self._start_listener(spec)
-            else:
-                _update_spec(serving.spec, spec, chmod=not serving.inherited)
+            elif _update_spec(serving.spec, spec, chmod=not serving.inherited):
+                recheck.add(path)
         for path in [p for p in self._serving if p not in specs]:
             serving = self._serving.pop(path)
+            serving.spec.retired = True
+            recheck.add(path)
             serving.scope.cancel()
             serving.unlink()
         removed = [s for s in self.registry.configured if s not in new_stores]
@@ -464,6 +467,8 @@ class Agent:
             self.audit.close()
             self.audit = self.dispatcher.audit = audit
         self.settings = new
+        # Connections opened under the old config stay only if the new one admits them.
+        self.tracker.recheck(frozenset(recheck))
         assert self._tg is not None
         if new.metrics != old.metrics:
             self._start_metrics_writer(self._tg)
@@ -517,7 +522,11 @@ def _seconds(ms: int) -> float | None:
     return ms / 1000 if ms > 0 else None
 
 
-def _update_spec(current: ListenerSpec, new: ListenerSpec, *, chmod: bool = True) -> None:
+def _update_spec(current: ListenerSpec, new: ListenerSpec, *, chmod: bool = True) -> bool:
+    """Apply ``new`` to the running ``current`` in place; True when who it admits
+    changed (its open connections must then be checked again)."""
+    admission = (new.peer_uids, new.peer_gids, new.group)
+    changed = admission != (current.peer_uids, current.peer_gids, current.group)
     if chmod and (current.mode, current.owner, current.group) != (new.mode, new.owner, new.group):
         apply_mode_and_owner(current.path, new)
     current.mode, current.owner, current.group = new.mode, new.owner, new.group
@@ -526,3 +535,4 @@ def _update_spec(current: ListenerSpec, new: ListenerSpec, *, chmod: bool = True
     current.allow_add, current.allow_lock = new.allow_add, new.allow_lock
     current.max_connections = new.max_connections
     current._visible.clear()
+    return changed

@@ -355,7 +355,6 @@ except OSError as exc:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="F4: not fixed yet (AUDIT-REPORT)")
 @pytest.mark.parametrize("revocation", ["peer removed", "listener removed"])
 def test_reload_cuts_connections_the_new_config_no_longer_admits(
     tmp_path: Path, revocation: str
@@ -397,10 +396,16 @@ def test_reload_cuts_connections_the_new_config_no_longer_admits(
                 stderr=subprocess.STDOUT,
                 text=True,
             )
+            # Controls: the owner's open connections, on the main socket and on ci.sock.
+            main = RawAgent(agent.socket)
+            own = RawAgent(sock)
+            listing = protocol.RequestIdentities()
             try:
                 assert holder.stdout is not None
                 first = holder.stdout.readline()
                 assert first.startswith("before keys=1"), first
+                for conn in (main, own):
+                    assert conn.request(listing)[0] == protocol.SSH_AGENT_IDENTITIES_ANSWER
                 if revocation == "peer removed":
                     config.write_text(admitted.replace(f"[{NOBODY}]", "[]"))
                 else:
@@ -412,10 +417,21 @@ def test_reload_cuts_connections_the_new_config_no_longer_admits(
                     time.sleep(0.05)
                 go.touch()
                 after = holder.stdout.readline()
+                # The owner is admitted everywhere: only a removed socket cuts it.
+                assert main.request(listing)[0] == protocol.SSH_AGENT_IDENTITIES_ANSWER
+                if revocation == "peer removed":
+                    assert own.request(listing)[0] == protocol.SSH_AGENT_IDENTITIES_ANSWER
+                else:
+                    with pytest.raises(OSError):
+                        own.request(listing)
+                log = agent.log()
             finally:
                 go.touch()
                 holder.kill()
                 holder.wait()
+                main.close()
+                own.close()
+        assert "reload: closing connection" in log, log
         assert not after.startswith("after keys="), (
             f"after the reload ({revocation}) the revoked uid's open connection is still "
             f"served: {after.strip()!r}"
