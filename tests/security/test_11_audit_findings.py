@@ -450,7 +450,6 @@ def test_config_file_writable_by_others_is_refused_or_warned(tmp_path: Path) -> 
 # -- F7: unknown extensions get SSH_AGENT_EXTENSION_FAILURE ------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="F7: not fixed yet (AUDIT-REPORT)")
 def test_unknown_extension_is_answered_with_failure_as_openssh(tmp_path: Path) -> None:
     """draft-miller-ssh-agent §3.8: "If the agent does not support the requested
     extension then it MUST reply with an empty SSH_AGENT_FAILURE message"; OpenSSH's
