@@ -216,7 +216,6 @@ def _lying_upstream(path: Path, identities: list[tuple[bytes, bytes]]) -> Iterat
         server.close()
 
 
-@pytest.mark.xfail(strict=True, reason="F2: not fixed yet (AUDIT-REPORT)")
 def test_malformed_upstream_key_does_not_break_listing_of_other_stores(tmp_path: Path) -> None:
     """An upstream agent lists one key whose blob says ssh-ed25519 but holds 5 bytes.
     secretivex passes it through, and OpenSSH's clients reject the WHOLE answer
@@ -491,7 +490,6 @@ def test_config_validate_reports_an_audit_path_that_cannot_be_opened(tmp_path: P
 # -- F9: an upstream store that is the agent itself, through another path ----------------
 
 
-@pytest.mark.xfail(strict=True, reason="F9: not fixed yet (AUDIT-REPORT)")
 def test_upstream_pointing_back_at_the_agent_through_a_symlink_is_caught(
     tmp_path: Path,
 ) -> None:
