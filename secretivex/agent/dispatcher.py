@@ -669,7 +669,10 @@ class Dispatcher:
             return await self._session_bind(ctx, req)
         if req.name == protocol.EXT_HEALTH:
             return _extension_reply(protocol.EXT_HEALTH, await self._health_json(ctx))
-        raise Refused(RequestOutcome.EXT_FAILURE, f"unsupported extension {req.name[:64]!r}")
+        # draft-miller-ssh-agent §3.8 and OpenSSH's process_extension: an extension the
+        # agent does not support gets plain SSH_AGENT_FAILURE. EXTENSION_FAILURE (28)
+        # would tell a probing client "supported, but it failed".
+        raise Refused(RequestOutcome.UNSUPPORTED, f"unsupported extension {req.name[:64]!r}")
 
     async def _session_bind(self, ctx: ConnectionContext, req: protocol.Extension) -> bytes:
         try:

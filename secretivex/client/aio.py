@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
+import struct
 from collections.abc import Generator
 from types import TracebackType
 from typing import Any
 
 import anyio
-from anyio.abc import SocketStream
+from anyio.abc import SocketAttribute, SocketStream
 
 from secretivex.protocol import (
     Extension,
@@ -51,6 +53,7 @@ from .paths import resolve_socket_path
 __all__ = ["AgentClient", "decode_health", "parse_response_or_raise"]
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 DEFAULT_RESPONSE_TIMEOUT = 30.0
 
 
@@ -109,6 +112,17 @@ class AgentClient:
         except OSError as exc:
             raise AgentUnavailable(connect_error_message(path, exc)) from None
         return cls(stream, path, response_timeout)
+
+    def peer_pid(self) -> int | None:
+        """Pid of the process that listens on the other end (Linux ``SO_PEERCRED``: the
+        process that called ``listen()``); None where the kernel does not say."""
+        try:
+            sock: socket.socket = self._stream.extra(SocketAttribute.raw_socket)
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        except (AttributeError, OSError, anyio.TypedAttributeLookupError):
+            return None
+        pid: int = _UCRED.unpack(raw)[0]
+        return pid or None
 
     async def aclose(self) -> None:
         if not self._closed:

@@ -73,6 +73,15 @@ class Reader:
     def mpint(self) -> int:
         return mpint_value(self.string())
 
+    @property
+    def position(self) -> int:
+        """Bytes read so far."""
+        return self._pos
+
+    def slice_from(self, start: int) -> bytes:
+        """The bytes read since ``start`` (an earlier ``position``)."""
+        return self._buf[start : self._pos]
+
     def at_end(self) -> bool:
         return self._pos >= len(self._buf)
 

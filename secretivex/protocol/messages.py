@@ -437,7 +437,11 @@ class SignResponse:
 
 @dataclass(frozen=True, slots=True)
 class ExtensionFailure:
-    """SSH_AGENT_EXTENSION_FAILURE (28): a known extension failed (unknown ones get 5)."""
+    """SSH_AGENT_EXTENSION_FAILURE (28): an extension the agent supports failed.
+
+    An extension the agent does not support gets SSH_AGENT_FAILURE (5) instead
+    (draft-miller-ssh-agent §3.8, OpenSSH's ``process_extension``).
+    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,15 @@ come and go, hang or answer garbage, and none of that may reach other clients:
   them could sign;
 - a sign waits at most ``timeout_ms`` (queueing included) and is never retried after it
   was sent, except once on a fresh connection when a pooled one turns out to be dead;
-- signs take this store's own ``max_signers`` slots, not the agent's.
+- signs take this store's own ``max_signers`` slots, not the agent's;
+- every listed key is checked by the keys layer (``check_listed_blob``) before it is
+  served: one malformed key (or a certificate whose signature does not verify) would
+  make OpenSSH's clients reject the whole listing, every store's keys with it. Such
+  keys are left out, counted in health (``rejected_keys``) and logged (rate-limited);
+  comments are cleaned and capped (``listed_comment``);
+- an upstream socket that leads back to this agent (a symlink or another alias of its
+  own socket, which the config check by path cannot see) is caught at connect time by
+  ``SO_PEERCRED``: the store is degraded with that reason and never sends it a request.
 """
 
 from __future__ import annotations
@@ -36,11 +44,30 @@ from secretivex.client import (
     AgentUnavailable,
 )
 from secretivex.config.runtime import UpstreamStoreSettings
-from secretivex.stores.base import Identity, KeyStore, SignError, StoreHealth, StoreState
+from secretivex.keys import KeyFormatError, check_listed_blob, listed_comment
+from secretivex.stores.base import (
+    Identity,
+    KeyStore,
+    SignError,
+    StoreHealth,
+    StoreState,
+    fingerprint_sha256,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Rejected upstream keys are logged when their number changes, else at most this often.
+REJECTED_WARNING_INTERVAL_S = 60.0
+#: After finding that the upstream socket leads back to this agent, look again this late
+#: (a symlink such as a forwarded ``SSH_AUTH_SOCK`` link may be re-pointed), not every
+#: refresh: each look is a connection to ourselves.
+LOOP_RETRY_S = 30.0
+
+
+class UpstreamIsSelf(AgentUnavailable):
+    """The upstream socket is this agent's own: every request would loop back into it."""
 
 
 class UpstreamStore(KeyStore):
@@ -76,6 +103,13 @@ class UpstreamStore(KeyStore):
         self._since_ms = int(time.time() * 1000)
         self._wakeup = anyio.Event()
         self._closed = False
+        #: Keys of the current upstream listing left out (see ``_checked``).
+        self._rejected = 0
+        self._rejected_warned: tuple[int, float] = (0, -math.inf)
+        #: blob -> None (fine) or why it was left out, for the blobs last listed.
+        self._verdicts: dict[bytes, str | None] = {}
+        #: monotonic time before which a looping upstream is not connected to again.
+        self._loop_retry_at = -math.inf
 
     @classmethod
     def from_config(cls, settings: UpstreamStoreSettings) -> UpstreamStore:
@@ -95,13 +129,23 @@ class UpstreamStore(KeyStore):
         timeout, not ``AgentUnavailable``: the upstream is stuck, not gone."""
         try:
             with anyio.fail_after(math.inf if timeout is None else timeout):
-                return await AgentClient.connect(
+                client = await AgentClient.connect(
                     self.socket_path, timeout=None, response_timeout=timeout
                 )
         except TimeoutError:
             raise AgentTimeout(
                 f"the agent at {self.socket_path} did not accept a connection within {timeout:g} s"
             ) from None
+        # The config check compares paths; a symlink, bind mount or other alias of the
+        # agent's own socket gets past it. The kernel says who listens on the other end.
+        if client.peer_pid() == os.getpid():
+            await client.aclose()
+            raise UpstreamIsSelf(
+                f"{self.socket_path} leads back to this agent's own socket (SO_PEERCRED "
+                "pid is this process): requests would loop; point stores[].socket at "
+                "another agent"
+            )
+        return client
 
     async def _on_pooled(
         self,
@@ -161,6 +205,8 @@ class UpstreamStore(KeyStore):
 
     async def refresh(self) -> None:
         """Ask the upstream for its keys once; never raises."""
+        if time.monotonic() < self._loop_retry_at:
+            return  # it led back to this agent a moment ago: degraded, keys withdrawn
         lister: list[AgentClient] = [self._lister] if self._lister is not None else []
         self._lister = None
         deadline = _deadline(self.timeout_s)
@@ -169,6 +215,8 @@ class UpstreamStore(KeyStore):
         except AgentError as exc:
             for client in lister:
                 await client.aclose()
+            if isinstance(exc, UpstreamIsSelf):
+                self._loop_retry_at = time.monotonic() + LOOP_RETRY_S
             self._refresh_failed(str(exc), gone=isinstance(exc, AgentUnavailable))
             return
         if self._closed:  # closed while this refresh was in flight
@@ -182,13 +230,64 @@ class UpstreamStore(KeyStore):
         self._state, self._last_error, self._stale = StoreState.OK, None, False
         self._good_at = time.monotonic()
         raw = tuple((bytes(k.blob), k.comment) for k in keys)
-        if raw != self._raw:  # unchanged (the usual case): no re-hashing every refresh
+        if raw != self._raw:  # unchanged (the usual case): no re-checking every refresh
+            listing = await self._checked(raw)
+            if self._closed:
+                return
+            self._set_listing(listing)
             self._raw = raw
-            self._set_listing(
-                tuple(
-                    Identity(blob=blob, comment=comment, store=self.name) for blob, comment in raw
+
+    async def _checked(self, raw: tuple[tuple[bytes, str], ...]) -> tuple[Identity, ...]:
+        """The identities of an upstream listing that OpenSSH's clients accept.
+
+        A key of a type they know that fails their parse (or a certificate whose CA
+        signature does not verify) makes them reject the whole answer, so one bad key
+        would hide every store's keys. Checks run in a worker thread (certificate
+        signatures) and only for blobs not seen in the previous listing.
+        """
+        known = self._verdicts
+        fresh = [blob for blob, _ in raw if blob not in known]
+        verdicts = {blob: known[blob] for blob, _ in raw if blob in known}
+        if fresh:
+            verdicts.update(await anyio.to_thread.run_sync(_check_blobs, fresh))
+        self._verdicts = verdicts
+        listing: list[Identity] = []
+        rejected: list[tuple[bytes, str]] = []
+        for blob, comment in raw:
+            why = verdicts[blob]
+            if why is None:
+                listing.append(
+                    Identity(blob=blob, comment=listed_comment(comment), store=self.name)
                 )
-            )
+            else:
+                rejected.append((blob, why))
+        self._rejected = len(rejected)
+        self._warn_rejected(rejected)
+        return tuple(listing)
+
+    def _warn_rejected(self, rejected: list[tuple[bytes, str]]) -> None:
+        count, last = self._rejected_warned
+        now = time.monotonic()
+        if not rejected:
+            if count:
+                log.info(
+                    "store %s: upstream %s lists no rejected keys now", self.name, self.socket_path
+                )
+            self._rejected_warned = (0, -math.inf)
+            return
+        if len(rejected) == count and now - last < REJECTED_WARNING_INTERVAL_S:
+            return
+        self._rejected_warned = (len(rejected), now)
+        blob, why = rejected[0]
+        log.warning(
+            "store %s: upstream %s listed %d key(s) that OpenSSH clients would reject, "
+            "left out so that other keys stay usable (first: %s, %s)",
+            self.name,
+            self.socket_path,
+            len(rejected),
+            fingerprint_sha256(blob)[:19],
+            why,
+        )
 
     def _refresh_failed(self, reason: str, *, gone: bool) -> None:
         if self._state is not StoreState.DEGRADED or self._last_error != reason:
@@ -209,6 +308,7 @@ class UpstreamStore(KeyStore):
                 )
             self._good_at = None
             self._stale = False
+            self._rejected, self._verdicts = 0, {}
             self._set_listing(())
         else:
             self._stale = True
@@ -265,11 +365,13 @@ class UpstreamStore(KeyStore):
         self._wakeup.set()
         await self._close_connections()
         self._good_at, self._stale = None, False
+        self._rejected, self._verdicts = 0, {}
         self._set_listing(())
 
     async def reload(self) -> None:
         """Config reload: new connections, and a refresh right away; keys stay listed."""
         await self._close_connections()
+        self._loop_retry_at = -math.inf
         self._wakeup.set()
 
     def health(self) -> StoreHealth:
@@ -287,8 +389,22 @@ class UpstreamStore(KeyStore):
                 "listing_age_ms": None if age is None else int(age * 1000),
                 "refresh_ms": int(self.refresh_s * 1000),
                 "stale_expiry_ms": int(self.stale_expiry_s * 1000),
+                "rejected_keys": self._rejected,
             },
         )
+
+
+def _check_blobs(blobs: list[bytes]) -> dict[bytes, str | None]:
+    """Worker thread: None for each blob OpenSSH's clients accept, else why not."""
+    verdicts: dict[bytes, str | None] = {}
+    for blob in blobs:
+        try:
+            check_listed_blob(blob)
+        except KeyFormatError as exc:
+            verdicts[blob] = str(exc)
+        else:
+            verdicts[blob] = None
+    return verdicts
 
 
 def _deadline(timeout: float | None) -> float:

@@ -67,7 +67,6 @@ FAILURE = 5
 SUCCESS = 6
 IDENTITIES_ANSWER = 12
 SIGN_RESPONSE = 14
-EXTENSION_FAILURE = 28
 EXTENSION_RESPONSE = 29
 REPLY_TIMEOUT_S = 20.0
 EPS = 0.05  # slack around lifetime edges (same CLOCK_MONOTONIC on both sides)
@@ -613,7 +612,8 @@ class AgentFuzzer:
             if names[0] != b"query" or protocol.EXT_SESSION_BIND.encode() not in names[1:]:
                 raise self.fail(f"query reply lacks session-bind: {names}")
         else:
-            self.expect(reply, EXTENSION_FAILURE, f"unknown extension {name}")
+            # draft-miller-ssh-agent §3.8: unsupported extension -> SSH_AGENT_FAILURE
+            self.expect(reply, FAILURE, f"unknown extension {name}")
 
     def op_pipelined(self) -> None:
         """Several requests in one write: answered in order."""

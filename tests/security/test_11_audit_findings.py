@@ -260,7 +260,6 @@ def _lying_upstream(path: Path, identities: list[tuple[bytes, bytes]]) -> Iterat
         server.close()
 
 
-@pytest.mark.xfail(strict=True, reason="F2: not fixed yet (AUDIT-REPORT)")
 def test_malformed_upstream_key_does_not_break_listing_of_other_stores(tmp_path: Path) -> None:
     """An upstream agent lists one key whose blob says ssh-ed25519 but holds 5 bytes.
     secretivex passes it through, and OpenSSH's clients reject the WHOLE answer
@@ -510,7 +509,6 @@ def test_config_file_writable_by_others_is_refused_or_warned(tmp_path: Path) -> 
 # -- F7: unknown extensions get SSH_AGENT_EXTENSION_FAILURE ------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="F7: not fixed yet (AUDIT-REPORT)")
 def test_unknown_extension_is_answered_with_failure_as_openssh(tmp_path: Path) -> None:
     """draft-miller-ssh-agent §3.8: "If the agent does not support the requested
     extension then it MUST reply with an empty SSH_AGENT_FAILURE message"; OpenSSH's
@@ -552,7 +550,6 @@ def test_config_validate_reports_an_audit_path_that_cannot_be_opened(tmp_path: P
 # -- F9: an upstream store that is the agent itself, through another path ----------------
 
 
-@pytest.mark.xfail(strict=True, reason="F9: not fixed yet (AUDIT-REPORT)")
 def test_upstream_pointing_back_at_the_agent_through_a_symlink_is_caught(
     tmp_path: Path,
 ) -> None:

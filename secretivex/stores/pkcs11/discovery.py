@@ -11,6 +11,7 @@ from typing import Any
 from pkcs11 import Attribute, Mechanism, ObjectClass, TokenFlag
 from pkcs11 import exceptions as p11e
 
+from secretivex.keys import listed_comment
 from secretivex.stores.pkcs11.mechanisms import (
     SignPlan,
     UnsupportedKey,
@@ -198,7 +199,9 @@ def list_keys(session: Any, token: Any) -> tuple[list[FoundKey], list[str]]:
         if plan.blob in seen:
             continue
         seen.add(plan.blob)
-        comment = label or public_label or ckid.hex() or token.label
+        # Labels are the token's to choose: no NUL (OpenSSH's clients would reject the
+        # whole listing), no control characters, bounded length.
+        comment = listed_comment(label or public_label or ckid.hex() or token.label)
         always = bool(attrs.get(Attribute.ALWAYS_AUTHENTICATE, False))
         keys.append((plan, obj, mechanism, always, comment))
     return keys, skipped

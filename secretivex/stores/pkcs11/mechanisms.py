@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from secretivex.keys import (
     PublicKey,
+    check_listed_blob,
     ecdsa_raw_to_ssh,
     encode_public_blob,
     encode_signature,
@@ -219,6 +220,9 @@ def sign_plan(public_key: PublicKey) -> SignPlan:
     """The ``SignPlan`` (and SSH blob) for a public key; ``UnsupportedKey`` otherwise."""
     try:
         blob = encode_public_blob(public_key)
+        # A token may hold keys OpenSSH refuses (RSA under 1024 bits): listed, one would
+        # make its clients reject the whole listing, every store's keys with it.
+        check_listed_blob(blob)
     except ValueError as exc:
         raise UnsupportedKey(str(exc)) from None
     if isinstance(public_key, ed25519.Ed25519PublicKey):
