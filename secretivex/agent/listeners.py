@@ -127,18 +127,7 @@ def _in_groups(peer: PeerCredentials, gids: frozenset[int]) -> bool:
     """Primary gid first (free); supplementary groups only when that misses."""
     if not gids:
         return False
-    return peer.gid in gids or bool(gids & supplementary_groups(peer.pid))
-
-
-def supplementary_groups(pid: int) -> frozenset[int]:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("Groups:"):
-                    return frozenset(int(g) for g in line.split()[1:])
-    except (OSError, ValueError):
-        pass
-    return frozenset()
+    return peer.gid in gids or bool(gids & peer.groups())
 
 
 def resolve_uid(value: int | str | None) -> int | None:

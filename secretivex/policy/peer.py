@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _UCRED = struct.Struct("3i")
+#: Linux ``SO_PEERGROUPS`` (4.13+; not named by Python's socket module before 3.14).
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_GID = struct.Struct("I")
+_MAX_GROUP_BYTES = 1024  # the most CPython's getsockopt accepts
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,13 +24,50 @@ class PeerCredentials:
     gid: int
     #: Lazily filled by ``provenance()``; empty when /proc is not readable.
     exe: str = field(default="", compare=False)
+    #: The connection, for :meth:`groups` (None: credentials built without one).
+    sock: socket.socket | None = field(default=None, compare=False, repr=False)
+
+    def groups(self) -> frozenset[int]:
+        """The peer's supplementary groups as they were at ``connect()``.
+
+        From the socket (``SO_PEERGROUPS``) when there is one: no race with the pid
+        being reused and no need for a readable /proc. Else (or on kernels before 4.13)
+        from ``/proc/PID/status``; empty when neither says.
+        """
+        if self.sock is not None:
+            try:
+                return peer_groups(self.sock)
+            except OSError:
+                pass
+        return proc_groups(self.pid)
 
 
 def peer_credentials(sock: socket.socket) -> PeerCredentials:
     """Kernel-verified pid/uid/gid of the connecting process (Linux SO_PEERCRED)."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
-    return PeerCredentials(pid=pid, uid=uid, gid=gid)
+    return PeerCredentials(pid=pid, uid=uid, gid=gid, sock=sock)
+
+
+def peer_groups(sock: socket.socket) -> frozenset[int]:
+    """Supplementary groups of the process that connected ``sock`` (``SO_PEERGROUPS``:
+    the kernel's copy taken at ``connect()``). Raises ``OSError`` where unsupported, or
+    (``ERANGE``) for a peer in more groups than Python's ``getsockopt`` has room for
+    (1024 bytes: 256 groups)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _MAX_GROUP_BYTES)
+    return frozenset(g for (g,) in _GID.iter_unpack(raw))
+
+
+def proc_groups(pid: int) -> frozenset[int]:
+    """Supplementary groups of ``pid`` from ``/proc/PID/status`` (empty if unreadable)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("Groups:"):
+                    return frozenset(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return frozenset()
 
 
 def _read_comm(pid: int) -> str:
