@@ -320,9 +320,7 @@ def _read_file(
         return None
 
 
-def _fragments(
-    directory: Path, problems: list[ConfigProblem], *, check_modes: bool
-) -> list[Path]:
+def _fragments(directory: Path, problems: list[ConfigProblem], *, check_modes: bool) -> list[Path]:
     """``config.d/*.yaml`` sorted by name; dotfiles (editor leftovers) are skipped.
     With ``check_modes``, a directory others can write (add fragments to) is refused."""
     try:
