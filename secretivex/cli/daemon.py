@@ -200,7 +200,8 @@ def is_agent_invocation(argv: list[bytes]) -> bool:
         if not _PYTHON.fullmatch(os.path.basename(argv[0])):
             return False
         while rest and rest[0].startswith(b"-") and rest[0] != b"-m":
-            rest = rest[1:]  # interpreter options (-I, -E, -s, -u, ...)
+            # interpreter options (-I, -E, -s, -u, ...; -X and -W take a value)
+            rest = rest[2:] if rest[0] in (b"-X", b"-W") else rest[1:]
         if rest[:2] == [b"-m", b"secretivex"]:
             rest = rest[2:]
         elif rest and _SCRIPT.fullmatch(os.path.basename(rest[0])):
