@@ -180,6 +180,9 @@ unset SECRETIVEX_TOKEN_SO_PIN SECRETIVEX_TOKEN_PIN_FILE pin
 
 if [[ $write_config != 0 ]]; then
     config=$runtime_dir/config.yaml
+    # Owner-only whatever the container's umask: the agent refuses a config file
+    # its group or others could write.
+    (umask 077 && : >"$config" && chmod 600 "$config") || die "cannot create $config"
     {
         printf '# written by secretivex-softhsm-entrypoint at container start\n'
         printf 'stores:\n'

@@ -3,6 +3,11 @@
 Never key material, signed data, passphrases or PINs: only fingerprints, sizes and
 outcomes.
 
+Opening: ``config.filechecks.open_append`` (no symlink in the last component, a regular
+file of the agent's own with one link and no group/other write, in a directory only
+the agent or root can change), at start and whenever a reload changes ``audit.path``:
+the only times the file is (re)opened. ``config validate`` runs the same checks.
+
 Integrity on a full or failing disk: each record is one ``os.write`` of one complete
 line, so records never interleave; a write that fails is dropped (signing goes on). A
 short write's fragment is cut off again (ftruncate); where that is impossible (stderr,
@@ -28,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from secretivex.config.filechecks import UnsafePathError, open_append
 from secretivex.outcomes import RequestOutcome
 
 log = logging.getLogger(__name__)
@@ -37,7 +43,9 @@ PEER_REVOKED = RequestOutcome.PEER_REVOKED.value
 
 
 class AuditPathError(Exception):
-    """``audit.path`` cannot be opened for appending (a config error: exit 2)."""
+    """``audit.path`` cannot be opened for appending, or not safely: a symlink, a file
+    that is not ours alone, a directory others can write (``config.filechecks``; a
+    config error: exit 2)."""
 
 
 @dataclass(slots=True)
@@ -64,15 +72,9 @@ class AuditLog:
             self._fd = 2
         elif path:
             try:
-                self._fd = os.open(
-                    os.path.expanduser(path),
-                    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                    0o600,
-                )
-            except OSError as exc:
-                raise AuditPathError(
-                    f"audit.path: cannot open {path} for appending: {exc.strerror or exc}"
-                ) from None
+                self._fd = open_append(path)
+            except UnsafePathError as exc:
+                raise AuditPathError(f"audit.path: {exc}") from None
             self._owns_fd = True
         #: Records lost to write errors since start (never reset; metrics keep their own).
         self.dropped = 0

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from secretivex.config.filechecks import directory_problem
 from secretivex.defaults import SOCKET_PATH_MAX_BYTES
 from secretivex.keys.identity import Identity
 from secretivex.policy.engine import KeyMatcher, any_match
@@ -155,21 +156,15 @@ def resolve_gid(value: int | str | None) -> int | None:
 def _check_directory(directory: Path, fd: int) -> os.stat_result:
     """Refuse a directory in which anyone but us (or root) could rename or replace our
     socket: then they could put their own socket in its place and receive the keys the
-    owner adds with ssh-add."""
+    owner adds with ssh-add. (The rule is ``config.filechecks.directory_problem``, which
+    the audit log and ``--log-file`` use too.)"""
     st = os.fstat(fd)
     if not stat.S_ISDIR(st.st_mode):
         raise ListenerError(f"socket directory {directory} is not a directory")
-    euid = os.geteuid()
-    if st.st_uid not in (euid, 0):
+    problem = directory_problem(st)
+    if problem:
         raise ListenerError(
-            f"socket directory {directory} is owned by uid {st.st_uid}, not by this agent's "
-            f"uid {euid} or root: refusing to serve a socket there"
-        )
-    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-        raise ListenerError(
-            f"socket directory {directory} is group/other-writable "
-            f"(mode {stat.S_IMODE(st.st_mode):04o}) without the sticky bit: "
-            "refusing to serve a socket there"
+            f"socket directory {directory} {problem}: refusing to serve a socket there"
         )
     return st
 

@@ -142,7 +142,7 @@ def _run(o: AgentOptions) -> None:
             pid, path = daemon_mod.spawn(serve, log_file=logs)
         except daemon_mod.DaemonError as exc:
             _say(str(exc))
-            raise Exit(EXIT_RUNTIME) from None
+            raise Exit(exc.exit_code) from None  # 2 for an unusable --log-file
         sys.stdout.write(daemon_mod.env_lines(path, pid, csh=daemon_mod.use_csh(o.csh, o.sh)))
         sys.stdout.flush()
         return
@@ -310,12 +310,12 @@ def _kill(socket: Path | None, csh: bool, sh: bool) -> None:
 
     path = socket.expanduser().absolute() if socket is not None else None
     try:
-        pid, sock = daemon_mod.find_agent(os.environ.get("SSH_AGENT_PID"), path)
-        daemon_mod.kill_agent(pid, sock)
+        target = daemon_mod.find_agent(os.environ.get("SSH_AGENT_PID"), path)
+        daemon_mod.kill_agent(target)
     except daemon_mod.DaemonError as exc:
         _say(str(exc))
         raise Exit(EXIT_RUNTIME) from None
-    sys.stdout.write(daemon_mod.kill_lines(pid, csh=daemon_mod.use_csh(csh, sh)))
+    sys.stdout.write(daemon_mod.kill_lines(target.pid, csh=daemon_mod.use_csh(csh, sh)))
     sys.stdout.flush()
 
 

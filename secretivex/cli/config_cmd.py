@@ -53,8 +53,10 @@ def default_paths() -> ConfigPaths:
 
 _NO_PATH_CHECKS_HELP = (
     "Skip checks against this machine: PKCS#11 module and confirm program files exist, "
-    "user and group names resolve. For validating a config meant for another host, "
-    "e.g. in a Nix build sandbox."
+    "user and group names resolve, config files are not writable by others (nor owned "
+    "by another uid: a warning), audit.path passes the agent's own open checks "
+    "(no symlink, our own file, a directory nobody else can change; nothing is created). "
+    "For validating a config meant for another host, e.g. in a Nix build sandbox."
 )
 _CONFIG_HELP = (
     "Config file layered over the system and user files, like `secretivex agent --config`. "

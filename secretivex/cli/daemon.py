@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import select
 import signal
 import socket
@@ -30,6 +31,14 @@ _SYSTEMD_VARS = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", 
 
 class DaemonError(Exception):
     """The agent could not be started or stopped; the message is one line for the user."""
+
+    exit_code = 1
+
+
+class LogFileError(DaemonError):
+    """``--log-file`` names a file the agent must not write (a usage error)."""
+
+    exit_code = 2
 
 
 def use_csh(csh: bool, sh: bool) -> bool:
@@ -90,10 +99,14 @@ def spawn(
 
 
 def _open_log(path: Path) -> int:
+    """The audit log's rules (``config.filechecks``): no symlink, our own regular file,
+    in a directory nobody else can change."""
+    from secretivex.config.filechecks import UnsafePathError, open_append
+
     try:
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise DaemonError(f"cannot open log file {path}: {exc.strerror}") from None
+        return open_append(path)
+    except UnsafePathError as exc:
+        raise LogFileError(f"--log-file: {exc}") from None
 
 
 def _read_all(fd: int) -> bytes:
@@ -163,12 +176,53 @@ def socket_pid(path: Path) -> int | None:
     return pid or None
 
 
-def _is_secretivex(pid: int) -> bool:
+def _argv(pid: int) -> list[bytes]:
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
+        return []
+
+
+_PYTHON = re.compile(rb"python[0-9.]*")
+#: The console script, or Nix's wrapped copy of it (``.secretivex-wrapped``).
+_SCRIPT = re.compile(rb"\.?secretivex(-wrapped)?")
+
+
+def is_agent_invocation(argv: list[bytes]) -> bool:
+    """``secretivex agent ...``, as the console script, its shebang interpreter
+    (``python3 /…/bin/secretivex agent``) or ``python -m secretivex agent`` runs it
+    (a ``--daemon`` child keeps its parent's argv). Not ``less secretivex-notes.txt``,
+    ``vim …/secretivex/x.py``, ``secretivex client …``."""
+    if not argv:
         return False
-    return any(b"secretivex" in part for part in argv[:3])
+    rest = argv[1:]
+    if not _SCRIPT.fullmatch(os.path.basename(argv[0])):
+        if not _PYTHON.fullmatch(os.path.basename(argv[0])):
+            return False
+        while rest and rest[0].startswith(b"-") and rest[0] != b"-m":
+            # interpreter options (-I, -E, -s, -u, ...; -X and -W take a value)
+            rest = rest[2:] if rest[0] in (b"-X", b"-W") else rest[1:]
+        if rest[:2] == [b"-m", b"secretivex"]:
+            rest = rest[2:]
+        elif rest and _SCRIPT.fullmatch(os.path.basename(rest[0])):
+            rest = rest[1:]
+        else:
+            return False
+    return rest[:1] == [b"agent"]
+
+
+def _uids(pid: int) -> tuple[int, int] | None:
+    """Real and effective uid (``/proc/PID/status``: an agent that made itself
+    non-dumpable has a root-owned ``/proc/PID``, its status still says whose it is)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("Uid:"):
+                    real, effective = line.split()[1:3]
+                    return int(real), int(effective)
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _alive(pid: int) -> bool:
@@ -180,9 +234,58 @@ def _alive(pid: int) -> bool:
     return stat_line.rpartition(")")[2].split()[:1] != ["Z"]
 
 
-def find_agent(pid_text: str | None, socket_path: Path | None) -> tuple[int, Path | None]:
-    """The agent to stop: the one listening on ``socket_path`` when given, else
-    ``SSH_AGENT_PID``; plus the socket to clean up after it."""
+class Target:
+    """The agent ``--kill`` stops: its pid, a pidfd that pins that very process (None
+    where pidfds are unavailable), and the socket to clean up after it."""
+
+    def __init__(self, pid: int, pidfd: int | None, socket_path: Path | None) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.socket_path = socket_path
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except AttributeError:  # pragma: no cover - not Linux
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ESRCH:
+            raise DaemonError(f"no agent with pid {pid} (it has exited)") from None
+        if exc.errno in (errno.ENOSYS, errno.EPERM):  # old kernel, seccomp
+            return None
+        raise DaemonError(f"pidfd_open({pid}): {exc.strerror}") from None
+
+
+def _still_there(pidfd: int | None) -> bool:
+    """The pinned process has not exited: so what /proc/PID said since the pidfd was
+    opened described it, not a successor that reuses the pid."""
+    if pidfd is None:
+        return True
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists; whether we may signal it is decided when we do
+    return True
+
+
+def find_agent(pid_text: str | None, socket_path: Path | None) -> Target:
+    """The agent to stop, pinned by a pidfd before it is checked.
+
+    Identified by the socket when there is one: the pid listening on ``socket_path``
+    (``--socket``) or on ``SSH_AUTH_SOCK`` when that is ``SSH_AGENT_PID`` (SO_PEERCRED).
+    Else by ``SSH_AGENT_PID`` alone, which must then be a ``secretivex agent`` process
+    of the caller's own uid (a stale pid may name anything by now). Either way the
+    process must be running ``secretivex agent`` (a socket systemd holds is not it).
+    """
+    by_socket = socket_path is not None
     if socket_path is not None:
         pid = socket_pid(socket_path)
         if pid is None:
@@ -198,37 +301,66 @@ def find_agent(pid_text: str | None, socket_path: Path | None) -> tuple[int, Pat
             raise DaemonError(f'SSH_AGENT_PID="{pid_text}", which is not a good PID')
         auth_sock = os.environ.get("SSH_AUTH_SOCK")
         if auth_sock and socket_pid(Path(auth_sock)) == pid:
-            socket_path = Path(auth_sock)
-    if not _is_secretivex(pid):
-        if not _alive(pid):
-            raise DaemonError(f"no agent with pid {pid} (it has exited)")
-        raise DaemonError(
-            f"pid {pid} is not a secretivex agent (a service manager's socket? "
-            "stop it there); nothing killed"
-        )
-    return pid, socket_path
-
-
-def kill_agent(pid: int, socket_path: Path | None, *, wait_s: float = KILL_WAIT_S) -> None:
-    """SIGTERM the agent, wait for it to exit, and remove its socket if it left one."""
+            socket_path, by_socket = Path(auth_sock), True
+    pidfd = _pidfd(pid)
+    target = Target(pid, pidfd, socket_path)
     try:
-        pidfd: int | None = os.pidfd_open(pid)
-    except OSError as exc:
-        if exc.errno == errno.ESRCH:
-            raise DaemonError(f"no process with pid {pid}") from None
-        pidfd = None
+        _check(target, by_socket)
+    except BaseException:
+        target.close()
+        raise
+    return target
+
+
+def _check(target: Target, by_socket: bool) -> None:
+    pid = target.pid
+    # Read about the process only now that the pidfd pins it; then make sure the pinned
+    # process is still there (so what was read was about it, not about a reused pid).
+    argv = _argv(pid)
+    uids = _uids(pid)
+    listening = socket_pid(target.socket_path) if by_socket and target.socket_path else None
+    if not _still_there(target.pidfd) or not _alive(pid):
+        raise DaemonError(f"no agent with pid {pid} (it has exited)")
+    if by_socket and listening != pid:
+        raise DaemonError(f"pid {pid} no longer listens on {target.socket_path}; nothing killed")
+    if not is_agent_invocation(argv):
+        if by_socket:
+            raise DaemonError(
+                f"pid {pid} listens on {target.socket_path} but is not a secretivex agent "
+                "(a service manager's socket? stop it there); nothing killed"
+            )
+        raise DaemonError(
+            f"pid {pid} is not a secretivex agent (a stale SSH_AGENT_PID?); nothing killed"
+        )
+    me = os.getuid()
+    if not by_socket and (uids is None or uids[0] != me or uids[1] != me):
+        owner = "an unknown uid" if uids is None else f"uid {uids[1]}"
+        raise DaemonError(
+            f"pid {pid} belongs to {owner}, not to you (uid {me}): SSH_AGENT_PID alone "
+            "does not prove it is your agent (pass --socket); nothing killed"
+        )
+
+
+def kill_agent(target: Target, *, wait_s: float = KILL_WAIT_S) -> None:
+    """SIGTERM the agent through its pidfd, wait for it to exit, and remove its socket
+    if it left one."""
+    pid = target.pid
     try:
         try:
-            os.kill(pid, signal.SIGTERM)
+            if target.pidfd is not None:
+                signal.pidfd_send_signal(target.pidfd, signal.SIGTERM)
+            else:  # pragma: no cover - kernels without pidfd_open (< 5.3)
+                os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # exited meanwhile: what --kill wanted
         except OSError as exc:
             raise DaemonError(f"kill -TERM {pid}: {exc.strerror}") from None
-        if not _wait_exit(pid, pidfd, wait_s):
+        if not _wait_exit(pid, target.pidfd, wait_s):
             raise DaemonError(f"agent pid {pid} did not exit within {wait_s:.0f} s")
     finally:
-        if pidfd is not None:
-            os.close(pidfd)
-    if socket_path is not None:
-        _remove_stale_socket(socket_path)
+        target.close()
+    if target.socket_path is not None:
+        _remove_stale_socket(target.socket_path)
 
 
 def _wait_exit(pid: int, pidfd: int | None, wait_s: float) -> bool:

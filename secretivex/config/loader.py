@@ -35,6 +35,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from secretivex.config.errors import ConfigError, ConfigProblem
+from secretivex.config.filechecks import config_file_owner_problem, config_file_write_problem
 from secretivex.config.layers import (
     KeyPath,
     Layer,
@@ -212,11 +213,18 @@ def load_config(
     where = ConfigPaths.default(environ) if paths is None else paths
     cpus = detect_cpu_count() if cpu_count is None else max(int(cpu_count), 1)
     problems: list[ConfigProblem] = []
+    file_warnings: list[ConfigProblem] = []
     files: list[Path] = []
     upper: list[Layer] = []
 
     def add_file(path: Path, *, required: bool, named_by: str = "") -> None:
-        layer = _read_file(path, required=required, named_by=named_by, problems=problems)
+        layer = _read_file(
+            path,
+            required=required,
+            named_by=named_by,
+            problems=problems,
+            warnings=file_warnings if check_paths else None,
+        )
         if layer is not None:
             files.append(path)
             upper.append(layer)
@@ -224,7 +232,7 @@ def load_config(
     if where.system_file is not None:
         add_file(where.system_file, required=False)
     if where.system_dir is not None:
-        for fragment in _fragments(where.system_dir, problems):
+        for fragment in _fragments(where.system_dir, problems, check_modes=check_paths):
             add_file(fragment, required=True)
     if where.user_file is not None:
         add_file(where.user_file, required=False)
@@ -236,7 +244,7 @@ def load_config(
             add_file(path, required=True, named_by=CONFIG_FILES_ENV)
     upper.extend(_env_layers(environ, problems))
     upper.extend(_cli_layers(cli_overrides or {}, cli_flags or {}, problems))
-    warnings = tuple(env_warnings(environ, merge_layers(upper)[0]))
+    warnings = (*file_warnings, *env_warnings(environ, merge_layers(upper)[0]))
     if problems:
         raise ConfigError(problems, warnings)
 
@@ -261,11 +269,29 @@ def load_config(
 
 
 def _read_file(
-    path: Path, *, required: bool, named_by: str, problems: list[ConfigProblem]
+    path: Path,
+    *,
+    required: bool,
+    named_by: str,
+    problems: list[ConfigProblem],
+    warnings: list[ConfigProblem] | None,
 ) -> Layer | None:
+    """One file as a layer. With ``warnings`` (host checks on), a file others can write
+    is refused and one another uid owns is warned about (``config.filechecks``); the
+    checks look at the opened file, so a rename in between changes nothing."""
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as fh:
+            if warnings is not None:
+                st = os.fstat(fh.fileno())
+                unsafe = config_file_write_problem(st, source)
+                if unsafe:
+                    problems.append(ConfigProblem(source, "", None, None, unsafe))
+                    return None
+                foreign = config_file_owner_problem(st)
+                if foreign:
+                    warnings.append(ConfigProblem(source, "", None, None, foreign))
+            text = fh.read().decode("utf-8")
     except FileNotFoundError:
         if required:
             hint = f" (named by {named_by})" if named_by else ""
@@ -294,9 +320,15 @@ def _read_file(
         return None
 
 
-def _fragments(directory: Path, problems: list[ConfigProblem]) -> list[Path]:
-    """``config.d/*.yaml`` sorted by name; dotfiles (editor leftovers) are skipped."""
+def _fragments(directory: Path, problems: list[ConfigProblem], *, check_modes: bool) -> list[Path]:
+    """``config.d/*.yaml`` sorted by name; dotfiles (editor leftovers) are skipped.
+    With ``check_modes``, a directory others can write (add fragments to) is refused."""
     try:
+        if check_modes:
+            unsafe = config_file_write_problem(directory.stat(), str(directory))
+            if unsafe:
+                problems.append(ConfigProblem(str(directory), "", None, None, unsafe))
+                return []
         entries = sorted(directory.iterdir(), key=lambda p: p.name)
     except FileNotFoundError:
         return []

@@ -38,6 +38,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from secretivex.config.filechecks import check_append
 from secretivex.config.lifetime import parse_lifetime
 from secretivex.config.matchers import Matcher, MatcherError, parse_matcher
 from secretivex.config.profiles import (
@@ -943,29 +944,6 @@ class MetricsSection(_Section):
         return value
 
 
-def _audit_path_problem(path: Path) -> str | None:
-    """Why this user could not append to ``path`` (None when it looks fine).
-
-    A missing directory is a problem only when its nearest existing ancestor is not
-    writable either (packaging, e.g. systemd's LogsDirectory=, may create it); the agent
-    never creates it and refuses to start without it.
-    """
-    if path.is_dir():
-        return "is a directory"
-    if path.exists() or path.is_symlink():
-        return None if os.access(path, os.W_OK) else "is not writable by this user"
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        return f"{ancestor} is not a directory"
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        if ancestor == path.parent:
-            return f"directory {ancestor} is not writable by this user"
-        return f"{path.parent} does not exist and {ancestor} is not writable by this user"
-    return None
-
-
 def _audit_path(value: Any) -> str | None:
     if value is None:
         return None
@@ -973,12 +951,13 @@ def _audit_path(value: Any) -> str | None:
         return "-"
     path = _expand_absolute(value, "audit path")
     if host_checks_enabled():
-        problem = _audit_path_problem(path)
+        # What the agent's open would refuse (config.filechecks), creating nothing.
+        problem = check_append(path)
         if problem:
             _fail(
                 "audit_unwritable",
-                f"audit log {str(path)!r} {problem} (fix the path or its permissions, or "
-                "use --no-path-checks to validate for another machine)",
+                f"{problem} (fix the path or its permissions, or use --no-path-checks to "
+                "validate for another machine)",
             )
     return str(path)
 

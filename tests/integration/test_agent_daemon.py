@@ -269,3 +269,26 @@ def test_default_lifetime_from_config(tmp_path: Path) -> None:
     finally:
         subprocess.run([SECRETIVEX, "agent", "-k"], env=env, capture_output=True, timeout=60)
     assert _gone(pid)
+
+
+def test_daemon_log_file_through_a_symlink_is_refused_exit_2(tmp_path: Path) -> None:
+    """--log-file follows the audit log's rules (AUDIT-REPORT F3): a symlink planted in
+    its place is not followed; one line naming the file, exit 2 (a usage error), no
+    agent left running."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    victim.chmod(0o600)
+    link = tmp_path / "agent.log"
+    link.symlink_to(victim)
+    sock = tmp_path / "agent.sock"
+    result = _shell(
+        ["bash", "-c"], f"secretivex agent --daemon --log-file {link} -a {sock}", _env(tmp_path)
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert (
+        result.stderr.strip()
+        == f"secretivex: --log-file: {link} is a symlink: refusing to follow it"
+    )
+    assert victim.read_text() == "precious\n"
+    assert not sock.exists()

@@ -192,8 +192,10 @@ def test_unwritable_audit_path_is_a_config_error(tmp_path: Path) -> None:
     finally:
         subprocess.run(["rm", "-rf", str(shared)], check=False)
 
-    # As root: a directory is no audit file; a missing directory stops the agent at start
-    # (validate lets it pass: packaging such as systemd's LogsDirectory= may create it).
+    # As root: a directory is no audit file; a missing directory stops the agent at start,
+    # and validate says so (AUDIT-REPORT F8: it used to pass it; systemd's LogsDirectory=
+    # creates the directory before the agent starts, validate it then, or elsewhere with
+    # --no-path-checks).
     as_dir = tmp_path / "dir.yaml"
     as_dir.write_text(f"stores: []\naudit:\n  path: {tmp_path}\n")
     for argv in (
@@ -205,13 +207,13 @@ def test_unwritable_audit_path_is_a_config_error(tmp_path: Path) -> None:
         )
     missing = tmp_path / "missing.yaml"
     missing.write_text(f"stores: []\naudit:\n  path: {tmp_path / 'nope' / 'audit.jsonl'}\n")
-    started = subprocess.run(
+    for argv in (
+        [SECRETIVEX, "config", "validate", str(missing)],
         [SECRETIVEX, "agent", "--config", str(missing), "--socket", str(tmp_path / "c.sock")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert "No such file or directory" in _one_line_exit_2(started)
+    ):
+        assert f"directory {tmp_path / 'nope'} does not exist" in _one_line_exit_2(
+            subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        )
 
 
 def test_repeated_peer_denied_records_are_aggregated(tmp_path: Path) -> None:

@@ -291,7 +291,6 @@ def test_malformed_upstream_key_does_not_break_listing_of_other_stores(tmp_path:
 # -- F3: audit.path follows a symlink another uid planted -------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="F3: not fixed yet (AUDIT-REPORT)")
 def test_audit_path_symlink_planted_by_another_uid_is_not_followed(tmp_path: Path) -> None:
     """The audit log is opened O_APPEND|O_CREAT without O_NOFOLLOW and without the
     checks the socket directory gets. Whoever can write the audit directory (here: it is
@@ -440,7 +439,6 @@ def test_reload_cuts_connections_the_new_config_no_longer_admits(
 # -- F5: --kill kills a process that merely mentions "secretivex" ------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="F5: not fixed yet (AUDIT-REPORT)")
 def test_kill_refuses_a_process_that_is_not_a_secretivex_agent(tmp_path: Path) -> None:
     """docs/quickstart.md: "--kill refuses a pid that is not a secretivex agent". The
     check is `b"secretivex" in argv[0..2]`: a stale SSH_AGENT_PID now naming
@@ -485,7 +483,6 @@ def test_kill_refuses_a_process_that_is_not_a_secretivex_agent(tmp_path: Path) -
 # -- F6: a config file others can write is used silently ---------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="F6: not fixed yet (AUDIT-REPORT)")
 def test_config_file_writable_by_others_is_refused_or_warned(tmp_path: Path) -> None:
     """A config file decides which program runs as the agent (policy.confirm.command)
     and which uids get keys (listeners). A world-writable one (or one owned by another
@@ -534,7 +531,6 @@ def test_unknown_extension_is_answered_with_failure_as_openssh(tmp_path: Path) -
 # -- F8: config validate passes an audit.path the agent then refuses ---------------------
 
 
-@pytest.mark.xfail(strict=True, reason="F8: not fixed yet (AUDIT-REPORT)")
 def test_config_validate_reports_an_audit_path_that_cannot_be_opened(tmp_path: Path) -> None:
     """docs/security.md: "An audit.path that cannot be opened is a config error (exit 2,
     one line; config validate reports it)". The agent does exit 2; `config validate`

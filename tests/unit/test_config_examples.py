@@ -29,14 +29,27 @@ def test_the_documented_examples_exist() -> None:
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_example_validates(path: Path) -> None:
+def test_example_validates(path: Path, tmp_path: Path) -> None:
+    env = {"XDG_RUNTIME_DIR": "/run/user/1000"}
+    if path.name in PORTABLE:
+        # The audit log's directory (/var/log/secretivex) is this host's: the agent, and
+        # so the path checks, refuse one that does not exist. Its value is checked by
+        # the run without path checks below.
+        env["SECRETIVEX_AUDIT__PATH"] = str(tmp_path / "audit.jsonl")
     loaded = load_config(
         config_files=[path],
-        env={"XDG_RUNTIME_DIR": "/run/user/1000"},
+        env=env,
         paths=ConfigPaths.isolated(),
         check_paths=path.name in PORTABLE,
     )
     assert loaded.files == [path]
+    unchecked = load_config(
+        config_files=[path],
+        env={"XDG_RUNTIME_DIR": "/run/user/1000"},
+        paths=ConfigPaths.isolated(),
+        check_paths=False,
+    )
+    assert unchecked.files == [path]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

@@ -545,14 +545,14 @@ def test_unreadable_file(tree: Tree, monkeypatch: pytest.MonkeyPatch) -> None:
     if os.geteuid() != 0:
         path.chmod(0)
     else:  # root reads anything: simulate the kernel's answer
-        real = Path.read_text
+        real = Path.open
 
-        def deny(self: Path, *args: Any, **kwargs: Any) -> str:
+        def deny(self: Path, *args: Any, **kwargs: Any) -> Any:
             if self == path:
                 raise PermissionError(13, "Permission denied", str(self))
             return real(self, *args, **kwargs)
 
-        monkeypatch.setattr(Path, "read_text", deny)
+        monkeypatch.setattr(Path, "open", deny)
     assert [rel(tree, line) for line in tree.lines(path)] == [
         "work/secret.yaml: cannot read file: permission denied"
     ]
@@ -724,3 +724,70 @@ def test_every_profile_listens_with_the_system_maximum_backlog(tree: Tree, profi
     assert tree.load(path, cpus=2).config.agent.listen_backlog == somaxconn
     explicit = tree.write("work/b.yaml", f"agent:\n  profile: {profile}\n  listen_backlog: 77\n")
     assert tree.load(explicit, cpus=2).config.agent.listen_backlog == 77
+
+
+# --------------------------------------------------------------------------- who can write it
+
+
+@pytest.mark.parametrize(
+    ("layer", "mode", "who"),
+    [
+        ("etc/config.yaml", 0o664, "its group"),
+        ("etc/config.d/10-team.yaml", 0o646, "other users"),
+        ("xdg/secretivex/config.yaml", 0o666, "its group and other users"),
+        ("work/c.yaml", 0o666, "its group and other users"),
+    ],
+)
+def test_a_config_file_others_can_write_is_refused(
+    tree: Tree, layer: str, mode: int, who: str
+) -> None:
+    """As ssh refuses a group/world-writable ~/.ssh/config: every layer, named, with the
+    fix; the refused file's settings are not used."""
+    path = tree.write(layer, "policy:\n  confirm:\n    command: [/bin/true]\n")
+    path.chmod(mode)
+    files = (path,) if layer.startswith("work/") else ()
+    assert [rel(tree, line) for line in tree.lines(*files, check_paths=True)] == [
+        f"{layer}: file is writable by {who} (mode {mode:04o}), who could then decide what "
+        f"the agent runs and whom it serves: refusing it; fix: chmod go-w {layer}"
+    ]
+    path.chmod(0o644)
+    assert tree.load(*files, check_paths=True).config.policy.confirm.command == ["/bin/true"]
+
+
+def test_a_config_file_named_by_the_environment_is_checked_too(tree: Tree) -> None:
+    path = tree.write("work/env.yaml", "agent: {}\n")
+    path.chmod(0o606)
+    lines = tree.lines(env={"SECRETIVEX_CONFIG": str(path)}, check_paths=True)
+    assert lines and "chmod go-w" in lines[0] and str(path) in lines[0]
+
+
+def test_a_config_d_others_can_add_fragments_to_is_refused(tree: Tree) -> None:
+    tree.write("etc/config.d/10-a.yaml", "agent: {}\n")
+    (tree.root / "etc" / "config.d").chmod(0o1777)
+    lines = [rel(tree, line) for line in tree.lines(check_paths=True)]
+    assert len(lines) == 1 and lines[0].startswith("etc/config.d: directory is writable")
+
+
+def test_without_path_checks_modes_are_not_judged(tree: Tree) -> None:
+    """`config validate --no-path-checks` checks a file meant for another host."""
+    path = tree.write("work/c.yaml", "agent: {}\n")
+    path.chmod(0o666)
+    assert tree.load(path, check_paths=False).files == [path]
+
+
+def test_a_config_file_of_another_uid_is_warned_about_not_refused(tree: Tree) -> None:
+    """Containers bind-mount host files, whose owner is often nobody the container
+    knows: a warning names the file and the owner; the file is used."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another uid")
+    path = tree.write("work/c.yaml", "agent:\n  max_connections: 7\n")
+    os.chown(path, 65534, 65534)
+    loaded = tree.load(path, check_paths=True)
+    assert loaded.config.agent.max_connections == 7
+    assert [rel(tree, str(w)) for w in loaded.warnings] == [
+        "work/c.yaml: file is owned by uid 65534, not by this agent's uid 0 or root: that "
+        "uid decides what the agent runs and whom it serves (fine for a container's bind "
+        "mount of a host file you trust)"
+    ]
+    root_owned = tree.write("work/root.yaml", "agent: {}\n")
+    assert tree.load(root_owned, check_paths=True).warnings == ()
