@@ -158,3 +158,67 @@ def wait_until(predicate: object, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+@contextlib.contextmanager
+def lying_upstream(path: Path, identities: Sequence[tuple[bytes, bytes]]) -> Iterator[None]:
+    """An agent at ``path`` that lists ``identities`` (blob, raw comment bytes) exactly
+    as given and answers everything else with SSH_AGENT_FAILURE.
+
+    Its threads end with the block: the listening socket is shut down (a blocked
+    ``accept`` returns), open connections are shut down, and every thread is joined, so
+    no thread outlives the test (a stray one would change how later tests fork).
+    """
+    import struct
+    import threading
+
+    def string(b: bytes) -> bytes:
+        return struct.pack(">I", len(b)) + b
+
+    answer = bytes([protocol.SSH_AGENT_IDENTITIES_ANSWER]) + struct.pack(">I", len(identities))
+    answer += b"".join(string(b) + string(c) for b, c in identities)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(16)
+    conns: list[socket.socket] = []
+    threads: list[threading.Thread] = []
+
+    def serve(conn: socket.socket) -> None:
+        decoder = FrameDecoder()
+        with conn:
+            while True:
+                try:
+                    chunk = conn.recv(65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                for payload in decoder.feed(chunk):
+                    listing = payload[:1] == bytes([protocol.SSH_AGENTC_REQUEST_IDENTITIES])
+                    conn.sendall(frame(answer if listing else protocol.FAILURE_FRAME[4:]))
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conns.append(conn)
+            thread = threading.Thread(target=serve, args=(conn,), daemon=True)
+            threads.append(thread)
+            thread.start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        acceptor.join(10)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for thread in threads:
+            thread.join(10)

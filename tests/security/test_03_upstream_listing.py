@@ -11,17 +11,14 @@ still list the good keys, and the bad ones must be counted in health and logged.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import socket
 import struct
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from harness import SECRETIVEX, AgentProcess, keygen, require_tool, run, running_agent
+from sec_c_helpers import lying_upstream
 
 try:
     from tests.integration.softhsm import SoftHsm, require_softhsm
@@ -42,47 +39,6 @@ def _s(b: bytes) -> bytes:
 
 def _blob(pub: Path) -> bytes:
     return base64.b64decode(pub.read_text().split()[1])
-
-
-@contextlib.contextmanager
-def _lying_upstream(path: Path, identities: list[tuple[bytes, bytes]]) -> Iterator[None]:
-    """An agent that lists ``identities`` (blob, raw comment) and refuses the rest."""
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen(16)
-    body = b"\x0c" + struct.pack(">I", len(identities))
-    body += b"".join(_s(b) + _s(c) for b, c in identities)
-
-    def serve(conn: socket.socket) -> None:
-        buf = b""
-        with conn:
-            while True:
-                try:
-                    chunk = conn.recv(65536)
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                buf += chunk
-                while len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
-                    n = struct.unpack(">I", buf[:4])[0]
-                    payload, buf = buf[4 : 4 + n], buf[4 + n :]
-                    reply = body if payload[:1] == b"\x0b" else b"\x05"
-                    conn.sendall(struct.pack(">I", len(reply)) + reply)
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield
-    finally:
-        server.close()
 
 
 def _store_health(agent: AgentProcess, name: str) -> dict[str, object]:
@@ -133,7 +89,7 @@ def test_upstream_keys_openssh_would_reject_are_left_out(tmp_path: Path) -> None
         f"  - type: upstream\n    name: up\n    socket: {upstream}\n    refresh_ms: 200\n"
     )
     with (
-        _lying_upstream(upstream, listed),
+        lying_upstream(upstream, listed),
         running_agent(tmp_path, "--config", str(config)) as agent,
     ):
         time.sleep(1.0)  # several refreshes: the warning must not repeat
@@ -170,7 +126,7 @@ def test_upstream_comments_cannot_break_or_spoof_the_listing(tmp_path: Path) -> 
         f"  - type: upstream\n    name: up\n    socket: {upstream}\n    refresh_ms: 200\n"
     )
     with (
-        _lying_upstream(upstream, list(zip(blobs, comments, strict=True))),
+        lying_upstream(upstream, list(zip(blobs, comments, strict=True))),
         running_agent(tmp_path, "--config", str(config)) as agent,
     ):
         time.sleep(0.6)

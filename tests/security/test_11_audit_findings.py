@@ -12,12 +12,9 @@ import base64
 import contextlib
 import os
 import signal
-import socket
 import struct
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +27,14 @@ from harness import (
     start_agent,
     wait_for_socket,
 )
-from sec_c_helpers import NOBODY, RawAgent, as_uid, openssh_agent, shared_dir
+from sec_c_helpers import (
+    NOBODY,
+    RawAgent,
+    as_uid,
+    lying_upstream,
+    openssh_agent,
+    shared_dir,
+)
 
 from secretivex import protocol
 
@@ -214,52 +218,6 @@ def _string(b: bytes) -> bytes:
     return struct.pack(">I", len(b)) + b
 
 
-@contextlib.contextmanager
-def _lying_upstream(path: Path, identities: list[tuple[bytes, bytes]]) -> Iterator[None]:
-    """An agent that lists ``identities`` (blob, comment) and refuses everything else."""
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen(16)
-    answer = (
-        bytes([protocol.SSH_AGENT_IDENTITIES_ANSWER])
-        + struct.pack(">I", len(identities))
-        + b"".join(_string(b) + _string(c) for b, c in identities)
-    )
-    stop = threading.Event()
-
-    def serve(conn: socket.socket) -> None:
-        buf = b""
-        with conn:
-            while not stop.is_set():
-                try:
-                    chunk = conn.recv(65536)
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                buf += chunk
-                while len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
-                    n = struct.unpack(">I", buf[:4])[0]
-                    payload, buf = buf[4 : 4 + n], buf[4 + n :]
-                    reply = answer if payload[:1] == b"\x0b" else b"\x05"
-                    conn.sendall(struct.pack(">I", len(reply)) + reply)
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield
-    finally:
-        stop.set()
-        server.close()
-
-
 def test_malformed_upstream_key_does_not_break_listing_of_other_stores(tmp_path: Path) -> None:
     """An upstream agent lists one key whose blob says ssh-ed25519 but holds 5 bytes.
     secretivex passes it through, and OpenSSH's clients reject the WHOLE answer
@@ -277,7 +235,7 @@ def test_malformed_upstream_key_does_not_break_listing_of_other_stores(tmp_path:
         f"  - type: upstream\n    socket: {upstream}\n    refresh_ms: 200\n"
     )
     with (
-        _lying_upstream(upstream, [(bad_blob, b"garbage")]),
+        lying_upstream(upstream, [(bad_blob, b"garbage")]),
         running_agent(tmp_path, "--config", str(config)) as agent,
     ):
         time.sleep(0.6)  # a refresh has happened

@@ -117,7 +117,16 @@ def test_the_wire_carries_plain_values_and_known_dataclasses_only() -> None:
         _decode(("D", "Stranger"))
 
 
+def _only_this_thread() -> None:
+    """These tests need ``start_load`` to fork, which it does only in a process without
+    other threads. A thread an earlier test left running would make it load in process
+    (and ``os._exit`` in a "loader" would then end pytest itself): name it instead."""
+    others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+    assert not others, f"threads left running by an earlier test: {others}"
+
+
 def test_a_forked_load_returns_what_an_in_process_load_does(tmp_path: Path) -> None:
+    _only_this_thread()
     request = _request(tmp_path)
     pending = start_load(request)
     assert pending._pid is not None  # pytest runs no other thread here: it forked
@@ -168,6 +177,8 @@ def test_a_loader_that_dies_is_a_loader_error_not_a_config_error(
 
     def die(self: AgentConfigRequest, make: object) -> object:
         os._exit(9)
+
+    _only_this_thread()
 
     monkeypatch.setattr(AgentConfigRequest, "derive", die)
     with pytest.raises(ConfigLoaderError, match="status 9"):
