@@ -94,6 +94,8 @@ def _run(o: AgentOptions) -> None:
         raise _usage(
             "--daemon forks; -D/--foreground and -d/--debug keep the agent in the foreground"
         )
+    if o.daemon and o.print_env:
+        raise _usage("--print-env is for foreground starts: --daemon prints the environment")
     if o.log_file is not None and not o.daemon:
         raise _usage("--log-file is for --daemon (in the foreground the log goes to stderr)")
     from secretivex.agent.hardening import harden_process, log_problems

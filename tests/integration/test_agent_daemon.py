@@ -206,6 +206,7 @@ def test_daemon_startup_error_is_one_line_exit_1(tmp_path: Path) -> None:
         (["--kill"], "1", 1, "not a good PID"),
         (["--kill"], str(os.getpid()), 1, "not a secretivex agent"),
         (["--daemon", "-D"], None, 2, "--daemon forks"),
+        (["--daemon", "--print-env"], None, 2, "--print-env is for foreground starts"),
         (["-t", "1x"], None, 2, "not a time like"),
         (["-c", "-s", "--daemon"], None, 2, "exclude each other"),
     ],
