@@ -25,7 +25,6 @@ from secretivex.keys.files import (
     looks_like_private_key,
 )
 from secretivex.keys.identity import Identity, SigningError, blob_type, fingerprint_sha256
-from secretivex.keys.listed import MAX_LISTED_COMMENT_BYTES, check_listed_blob, listed_comment
 from secretivex.keys.signatures import (
     SSH_AGENT_RSA_SHA2_256,
     SSH_AGENT_RSA_SHA2_512,
@@ -38,7 +37,6 @@ from secretivex.keys.software import SoftwareKey, WireFields, key_from_wire, key
 
 __all__ = [
     "CERT_SUFFIX",
-    "MAX_LISTED_COMMENT_BYTES",
     "SSH_AGENT_RSA_SHA2_256",
     "SSH_AGENT_RSA_SHA2_512",
     "SUPPORTED_KEY_TYPES",
@@ -53,7 +51,6 @@ __all__ = [
     "WireFields",
     "blob_key_type",
     "blob_type",
-    "check_listed_blob",
     "ecdsa_raw_to_ssh",
     "encode_public_blob",
     "encode_signature",
@@ -61,7 +58,6 @@ __all__ = [
     "is_encrypted_key_file",
     "key_from_wire",
     "key_to_wire",
-    "listed_comment",
     "load_private_key_file",
     "looks_like_private_key",
     "openssh_public_line",

@@ -44,7 +44,8 @@ from secretivex.client import (
     AgentUnavailable,
 )
 from secretivex.config.runtime import UpstreamStoreSettings
-from secretivex.keys import KeyFormatError, check_listed_blob, listed_comment
+from secretivex.keys import KeyFormatError
+from secretivex.keys.listed import check_listed_blob, listed_comment
 from secretivex.stores.base import (
     Identity,
     KeyStore,

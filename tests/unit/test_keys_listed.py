@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from secretivex.keys import KeyFormatError, check_listed_blob, listed_comment
-from secretivex.keys.listed import MAX_LISTED_COMMENT_BYTES
+from secretivex.keys import KeyFormatError
+from secretivex.keys.listed import MAX_LISTED_COMMENT_BYTES, check_listed_blob, listed_comment
 
 
 def _s(b: bytes) -> bytes:

@@ -11,7 +11,7 @@ from typing import Any
 from pkcs11 import Attribute, Mechanism, ObjectClass, TokenFlag
 from pkcs11 import exceptions as p11e
 
-from secretivex.keys import listed_comment
+from secretivex.keys.listed import listed_comment
 from secretivex.stores.pkcs11.mechanisms import (
     SignPlan,
     UnsupportedKey,

@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from secretivex.keys import (
     PublicKey,
-    check_listed_blob,
     ecdsa_raw_to_ssh,
     encode_public_blob,
     encode_signature,
     rsa_algorithm_for_flags,
 )
+from secretivex.keys.listed import check_listed_blob
 from secretivex.stores.base import SignError
 
 # PKCS#11 key types (CKK_*) and mechanisms (CKM_*); plain ints so this module does
