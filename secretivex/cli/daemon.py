@@ -16,10 +16,11 @@ import select
 import signal
 import socket
 import stat
-import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from secretivex.peercred import peer_ids
 
 #: How long ``--kill`` waits for the agent to drain and remove its sockets.
 KILL_WAIT_S = 15.0
@@ -171,8 +172,7 @@ def socket_pid(path: Path) -> int | None:
             sock.connect(os.fsencode(str(path)))
         except OSError:
             return None
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, _, _ = struct.unpack("3i", creds)
+        pid = peer_ids(sock)[0]
     return pid or None
 
 

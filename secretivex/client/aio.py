@@ -6,7 +6,6 @@ import json
 import math
 import os
 import socket
-import struct
 from collections.abc import Generator
 from types import TracebackType
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
 
+from secretivex.peercred import peer_ids
 from secretivex.protocol import (
     Extension,
     FrameDecoder,
@@ -53,7 +53,6 @@ from .paths import resolve_socket_path
 __all__ = ["AgentClient", "decode_health", "parse_response_or_raise"]
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
-_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 DEFAULT_RESPONSE_TIMEOUT = 30.0
 
 
@@ -118,10 +117,9 @@ class AgentClient:
         process that called ``listen()``); None where the kernel does not say."""
         try:
             sock: socket.socket = self._stream.extra(SocketAttribute.raw_socket)
-            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+            pid = peer_ids(sock)[0]
         except (AttributeError, OSError, anyio.TypedAttributeLookupError):
             return None
-        pid: int = _UCRED.unpack(raw)[0]
         return pid or None
 
     async def aclose(self) -> None:

@@ -8,7 +8,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_UCRED = struct.Struct("3i")
+from secretivex.peercred import peer_ids
+
 #: Linux ``SO_PEERGROUPS`` (4.13+; not named by Python's socket module before 3.14).
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 _GID = struct.Struct("I")
@@ -44,8 +45,7 @@ class PeerCredentials:
 
 def peer_credentials(sock: socket.socket) -> PeerCredentials:
     """Kernel-verified pid/uid/gid of the connecting process (Linux SO_PEERCRED)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    pid, uid, gid = _UCRED.unpack(raw)
+    pid, uid, gid = peer_ids(sock)
     return PeerCredentials(pid=pid, uid=uid, gid=gid, sock=sock)
 
 

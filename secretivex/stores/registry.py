@@ -49,11 +49,12 @@ class StoreRegistry:
             listing: list[Identity] = []
             owners: dict[bytes, tuple[KeyStore, Identity]] = {}
             memory = self.memory
-            added = {i.blob: i for i in await memory.identities() if not i.origin}
+            memory_ids = await memory.identities()
+            added = {i.blob: i for i in memory_ids if not i.origin}
             lapsed = memory.lapsed
             for store in self.stores:
                 try:
-                    ids = await store.identities()
+                    ids = memory_ids if store is memory else await store.identities()
                 except Exception as exc:  # a store fault must never break listing
                     log.warning("store %s: listing failed: %s", store.name, exc)
                     continue

@@ -104,8 +104,6 @@ class UpstreamStore(KeyStore):
         self._since_ms = int(time.time() * 1000)
         self._wakeup = anyio.Event()
         self._closed = False
-        #: Keys of the current upstream listing left out (see ``_checked``).
-        self._rejected = 0
         self._rejected_warned: tuple[int, float] = (0, -math.inf)
         #: blob -> None (fine) or why it was left out, for the blobs last listed.
         self._verdicts: dict[bytes, str | None] = {}
@@ -262,7 +260,6 @@ class UpstreamStore(KeyStore):
                 )
             else:
                 rejected.append((blob, why))
-        self._rejected = len(rejected)
         self._warn_rejected(rejected)
         return tuple(listing)
 
@@ -309,7 +306,7 @@ class UpstreamStore(KeyStore):
                 )
             self._good_at = None
             self._stale = False
-            self._rejected, self._verdicts = 0, {}
+            self._verdicts = {}
             self._set_listing(())
         else:
             self._stale = True
@@ -366,7 +363,7 @@ class UpstreamStore(KeyStore):
         self._wakeup.set()
         await self._close_connections()
         self._good_at, self._stale = None, False
-        self._rejected, self._verdicts = 0, {}
+        self._verdicts = {}
         self._set_listing(())
 
     async def reload(self) -> None:
@@ -390,7 +387,7 @@ class UpstreamStore(KeyStore):
                 "listing_age_ms": None if age is None else int(age * 1000),
                 "refresh_ms": int(self.refresh_s * 1000),
                 "stale_expiry_ms": int(self.stale_expiry_s * 1000),
-                "rejected_keys": self._rejected,
+                "rejected_keys": sum(1 for why in self._verdicts.values() if why),
             },
         )
 
