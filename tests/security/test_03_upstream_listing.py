@@ -41,6 +41,18 @@ def _blob(pub: Path) -> bytes:
     return base64.b64decode(pub.read_text().split()[1])
 
 
+def _file_then_upstream(tmp: Path, file_key: Path) -> tuple[Path, Path]:
+    """A config serving ``file_key`` and then an upstream store ``up`` (refreshed every
+    200 ms) at the returned socket path; returns (socket path, config path)."""
+    upstream = tmp / "up.sock"
+    config = tmp / "c.yaml"
+    config.write_text(
+        f"stores:\n  - type: file\n    paths: [{file_key}]\n"
+        f"  - type: upstream\n    name: up\n    socket: {upstream}\n    refresh_ms: 200\n"
+    )
+    return upstream, config
+
+
 def _store_health(agent: AgentProcess, name: str) -> dict[str, object]:
     out = run(
         [SECRETIVEX, "client", "health", "--json", "--socket", str(agent.socket)], env=agent.env
@@ -82,12 +94,7 @@ def test_upstream_keys_openssh_would_reject_are_left_out(tmp_path: Path) -> None
     listed = [(b, name.encode()) for name, b in bad.items()] + [
         (_blob(good.with_suffix(".pub")), b"upstream-good")
     ]
-    upstream = tmp_path / "up.sock"
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        f"stores:\n  - type: file\n    paths: [{file_key}]\n"
-        f"  - type: upstream\n    name: up\n    socket: {upstream}\n    refresh_ms: 200\n"
-    )
+    upstream, config = _file_then_upstream(tmp_path, file_key)
     with (
         lying_upstream(upstream, listed),
         running_agent(tmp_path, "--config", str(config)) as agent,
@@ -119,12 +126,7 @@ def test_upstream_comments_cannot_break_or_spoof_the_listing(tmp_path: Path) -> 
         _blob(keygen(keys, f"k{i}", "ed25519", comment="x").with_suffix(".pub")) for i in range(3)
     ]
     comments = [b"nul\x00inside", b"esc\x1b[31mred\x07", b"long" + b"y" * 200_000]
-    upstream = tmp_path / "up.sock"
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        f"stores:\n  - type: file\n    paths: [{file_key}]\n"
-        f"  - type: upstream\n    name: up\n    socket: {upstream}\n    refresh_ms: 200\n"
-    )
+    upstream, config = _file_then_upstream(tmp_path, file_key)
     with (
         lying_upstream(upstream, list(zip(blobs, comments, strict=True))),
         running_agent(tmp_path, "--config", str(config)) as agent,

@@ -35,6 +35,7 @@ from sec_c_helpers import (
     openssh_agent,
     shared_dir,
 )
+from sec_d_helpers import as_uid as setpriv_as
 
 from secretivex import protocol
 
@@ -331,12 +332,7 @@ def test_reload_cuts_connections_the_new_config_no_longer_admits(
         with running_agent(tmp_path, "--config", str(config)) as agent:
             holder = subprocess.Popen(
                 [
-                    "setpriv",
-                    "--reuid",
-                    str(NOBODY),
-                    "--regid",
-                    str(NOBODY),
-                    "--clear-groups",
+                    *setpriv_as(NOBODY),
                     "/usr/bin/python3",
                     str(script),
                     str(sock),
@@ -399,12 +395,7 @@ def test_kill_refuses_a_process_that_is_not_a_secretivex_agent(tmp_path: Path) -
     _need_root()
     victim = subprocess.Popen(
         [
-            "setpriv",
-            "--reuid",
-            str(NOBODY),
-            "--regid",
-            str(NOBODY),
-            "--clear-groups",
+            *setpriv_as(NOBODY),
             "bash",
             "-c",
             'exec -a "less /home/someone/secretivex-notes.txt" sleep 300',
