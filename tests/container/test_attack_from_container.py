@@ -296,8 +296,9 @@ def test_huge_and_slow_frames_are_cut_off(lab: Lab, sh) -> None:
     assert sh(f"{CTL} {sock} huge-frame").stdout.strip() == "closed"
     took = sh(f"{CTL} {sock} slow-frame").stdout.strip()
     assert took != "never" and float(took) < 5, took  # frame_timeout_ms: 1500
-    reasons = {r.get("detail") for r in lab.audit()} | {r["outcome"] for r in lab.audit()}
-    assert reasons  # the agent kept logging; and it still serves:
+    log = lab.host.log()
+    assert "declared frame length 4294967280 is not in" in log
+    assert "(uid=1000): frame not finished within 1.5s" in log
     _owner_lists_everything(lab)
 
 
