@@ -31,6 +31,9 @@ class Listener(Protocol):
     path: Path
     max_connections: int | None
 
+    @property
+    def is_main(self) -> bool: ...
+
 
 class LimitSettings(Protocol):
     """The ``agent.*`` values the limits derive from."""
@@ -110,7 +113,10 @@ class ConnectionTracker:
         limits = self.limits
         if self.active >= limits.max_connections:
             return MAX_CONNECTIONS
-        if uid != self.owner_uid:
+        # The owner's headroom is for the owner's main socket. The agent's uid on a
+        # listener (root in a container when the agent runs as root) is one more peer
+        # of that listener: it must not take the reserve, nor go past the per-uid cap.
+        if uid != self.owner_uid or not listener.is_main:
             if self.active >= limits.max_connections - limits.reserved_for_owner:
                 return OWNER_RESERVE
             if self.by_uid.get(uid, 0) >= limits.max_per_uid:

@@ -263,7 +263,8 @@ def bind_listener(spec: ListenerSpec, backlog: int = 512) -> BoundSocket:
         finally:
             os.umask(old_umask)
         st = path.lstat()
-        apply_mode_and_owner(path, spec)
+        if not apply_mode_and_owner(path, spec, (st.st_dev, st.st_ino)):
+            raise ListenerError(f"{path} was replaced while the agent was creating it")
         sock.listen(backlog)
         sock.setblocking(False)
     except ListenerError:
@@ -277,15 +278,49 @@ def bind_listener(spec: ListenerSpec, backlog: int = 512) -> BoundSocket:
     return BoundSocket(sock, st.st_dev, st.st_ino)
 
 
-def apply_mode_and_owner(path: Path, spec: ListenerSpec) -> None:
-    """Give a socket file the mode, owner and group its listener declares."""
-    os.chmod(path, spec.mode)
-    if spec.owner is not None or spec.group is not None:
-        os.chown(
-            path,
-            -1 if spec.owner is None else spec.owner,
-            -1 if spec.group is None else spec.group,
-        )
+def apply_mode_and_owner(
+    path: Path, spec: ListenerSpec, identity: tuple[int, int] | None = None
+) -> bool:
+    """Give a socket file the mode, owner and group its listener declares.
+
+    Never through a symlink and never to anything but a socket (``identity``: the
+    ``(st_dev, st_ino)`` we bound, when known): whoever can write the socket's directory
+    (root in a container given a read-write mount, the socket's owner in a sticky
+    directory) could otherwise swap in a symlink and have the agent — often root —
+    chmod/chown any file it names. False (with a WARNING) when the path is no longer
+    our socket; it is then left alone.
+    """
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        log.warning("not changing %s: %s", path, exc.strerror or exc)
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISSOCK(st.st_mode) or (
+            identity is not None and (st.st_dev, st.st_ino) != identity
+        ):
+            log.warning(
+                "not changing the mode or owner of %s: it is no longer the socket this "
+                "agent bound (replaced by uid %d); restart the agent to serve it again",
+                path,
+                st.st_uid,
+            )
+            return False
+        # The O_PATH handle pins the inode we checked; /proc/self/fd reaches it (chmod
+        # and chown need a path: fchmod on a socket fd would change the socket, not
+        # the file).
+        handle = f"/proc/self/fd/{fd}"
+        os.chmod(handle, spec.mode)
+        if spec.owner is not None or spec.group is not None:
+            os.chown(
+                handle,
+                -1 if spec.owner is None else spec.owner,
+                -1 if spec.group is None else spec.group,
+            )
+        return True
+    finally:
+        os.close(fd)
 
 
 def unlink_socket(path: Path, dev: int, ino: int) -> None:

@@ -451,7 +451,9 @@ class Agent:
             serving = self._serving.get(path)
             if serving is None:
                 await self._start_listener(spec)
-            elif _update_spec(serving.spec, spec, chmod=not serving.inherited):
+            elif _update_spec(
+                serving.spec, spec, identity=None if serving.inherited else serving.identity
+            ):
                 recheck.add(path)
         for path in [p for p in self._serving if p not in specs]:
             serving = self._serving.pop(path)
@@ -522,13 +524,21 @@ def _seconds(ms: int) -> float | None:
     return ms / 1000 if ms > 0 else None
 
 
-def _update_spec(current: ListenerSpec, new: ListenerSpec, *, chmod: bool = True) -> bool:
+def _update_spec(
+    current: ListenerSpec, new: ListenerSpec, *, identity: tuple[int, int] | None
+) -> bool:
     """Apply ``new`` to the running ``current`` in place; True when who it admits
-    changed (its open connections must then be checked again)."""
+    changed (its open connections must then be checked again). The socket file is
+    chmod/chowned only when it is still the one we bound (``identity``; None = not
+    ours, e.g. systemd's)."""
     admission = (new.peer_uids, new.peer_gids, new.group)
     changed = admission != (current.peer_uids, current.peer_gids, current.group)
-    if chmod and (current.mode, current.owner, current.group) != (new.mode, new.owner, new.group):
-        apply_mode_and_owner(current.path, new)
+    if identity is not None and (current.mode, current.owner, current.group) != (
+        new.mode,
+        new.owner,
+        new.group,
+    ):
+        apply_mode_and_owner(current.path, new, identity)
     current.mode, current.owner, current.group = new.mode, new.owner, new.group
     current.keys = new.keys
     current.peer_uids, current.peer_gids = new.peer_uids, new.peer_gids

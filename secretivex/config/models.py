@@ -471,16 +471,17 @@ class AgentSection(_Section):
     max_connections_per_uid: int | None = Field(
         default=None,
         ge=1,
-        description="Most connections one peer uid other than the agent's own may hold at "
-        "once (all sockets together); more are refused. null = a quarter of max_connections.",
+        description="Most connections one peer uid may hold at once (all sockets together; "
+        "the agent's own uid is exempt on the main socket only); more are refused. "
+        "null = a quarter of max_connections.",
         examples=[64],
     )
     reserved_connections: int = Field(
         default=16,
         ge=0,
-        description="Slots of max_connections that only the agent's own uid may use, so "
-        "other uids on listeners can never lock the owner out (at most half of "
-        "max_connections is reserved).",
+        description="Slots of max_connections that only the agent's own uid may use, on "
+        "the main socket, so peers on listeners (root in a container included) can never "
+        "lock the owner out (at most half of max_connections is reserved).",
         examples=[32],
     )
     max_buffered_bytes: int = Field(

@@ -91,10 +91,25 @@ def _parent_pid(pid: int) -> int:
 
 
 def executable(pid: int) -> str:
+    """The peer's executable as ``/proc/PID/exe`` names it.
+
+    For a process in another mount namespace (a container) that path is the one inside
+    its namespace: ``/usr/bin/python3.11`` there is not the host's file of that name.
+    Such a path says so and names the namespace, e.g.
+    ``/usr/bin/ssh-add (in mount namespace mnt:[4026532301])`` (``lsns`` and
+    ``docker inspect`` map it to a container).
+    """
     try:
-        return os.readlink(f"/proc/{pid}/exe")
+        exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         return ""
+    try:
+        theirs = os.readlink(f"/proc/{pid}/ns/mnt")
+        if theirs != os.readlink("/proc/self/ns/mnt"):
+            return f"{exe} (in mount namespace {theirs})"
+    except OSError:
+        pass
+    return exe
 
 
 def process_chain(pid: int, depth: int = 8) -> list[str]:

@@ -28,6 +28,7 @@ OWNER, OTHER, THIRD = 1000, 2000, 3000
 class _Listener:
     path: Path
     max_connections: int | None = None
+    is_main: bool = False
 
 
 def test_defaults_resolve_from_the_config_model() -> None:
@@ -41,7 +42,7 @@ def test_defaults_resolve_from_the_config_model() -> None:
 
 
 def test_other_uids_never_take_the_owners_headroom() -> None:
-    main, ci = _Listener(Path("/a")), _Listener(Path("/ci"), max_connections=30)
+    main, ci = _Listener(Path("/a"), is_main=True), _Listener(Path("/ci"), max_connections=30)
     tracker = ConnectionTracker(
         ConnectionLimits(max_connections=40, max_per_uid=25, reserved_for_owner=8), OWNER
     )
@@ -62,11 +63,15 @@ def test_other_uids_never_take_the_owners_headroom() -> None:
         tracker.open(main, OWNER)
     assert tracker.refusal(main, OWNER) == MAX_CONNECTIONS
     tracker.close(main, OTHER)
-    assert tracker.refusal(ci, OWNER) is None
+    assert tracker.refusal(main, OWNER) is None
+    # The reserve is the owner's main socket's: the owner's uid on a listener (root in a
+    # container, when the agent runs as root) is held to it like any other peer.
+    assert tracker.refusal(ci, OWNER) == OWNER_RESERVE
     assert tracker.by_listener[ci.path] == 7
     full_ci = ConnectionTracker(ConnectionLimits(max_connections=100), OWNER)
     for _ in range(3):
         full_ci.open(ci, OWNER)
+    assert full_ci.refusal(ci, OWNER) is None
     assert full_ci.refusal(_Listener(ci.path, max_connections=3), OWNER) == PER_LISTENER
 
 
