@@ -182,6 +182,15 @@ def _run_agent_fast(values: dict[str, Any]) -> None:
         sys.exit(code)
 
 
+def _run_client_plain(argv: list[str]) -> bool:
+    """``secretivex client list|health|wait-ready`` with plain options, without typer's
+    parser (see ``cli.fastparse``); False when typer must parse the line."""
+    from secretivex.cli import client_cmd
+    from secretivex.cli.fastparse import run_plain
+
+    return run_plain(client_cmd.app, argv)
+
+
 def main() -> None:
     """Console entry point: usage errors exit 2, never with a traceback."""
     argv = sys.argv[1:]
@@ -190,6 +199,8 @@ def main() -> None:
         return
     if argv[:1] == ["agent"] and (fast := _parse_agent_fast(argv[1:])) is not None:
         _run_agent_fast(fast)
+        return
+    if argv[:1] == ["client"] and _run_client_plain(argv[1:]):
         return
     try:
         build_app(_wanted(argv))(standalone_mode=True)
