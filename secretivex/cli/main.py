@@ -123,8 +123,9 @@ def _wanted(argv: list[str]) -> str | None:
 
 
 #: ``secretivex agent`` options the fast path understands: name -> (parameter, takes a
-#: value, repeatable). Anything else (--daemon, --kill, --help, a sub-command, an
-#: unknown or combined flag) goes through typer, which owns the full grammar.
+#: value, repeatable). Anything else (--help, a sub-command, an unknown, repeated or
+#: combined flag) goes through typer, which owns the full grammar; ``agent_run`` checks
+#: the combinations (``--daemon --print-env``...) either way.
 _AGENT_FAST_OPTIONS: dict[str, tuple[str, bool, bool]] = {
     "--config": ("config", True, True),
     "--socket": ("socket", True, False),
@@ -137,15 +138,25 @@ _AGENT_FAST_OPTIONS: dict[str, tuple[str, bool, bool]] = {
     "-D": ("foreground", False, False),
     "--debug": ("debug", False, False),
     "-d": ("debug", False, False),
+    "--daemon": ("daemon", False, False),
+    "--log-file": ("log_file", True, False),
+    "--kill": ("kill", False, False),
+    "-k": ("kill", False, False),
+    "--csh": ("csh", False, False),
+    "-c": ("csh", False, False),
+    "--sh": ("sh", False, False),
+    "-s": ("sh", False, False),
 }
+#: Options whose value is a path (the others are strings).
+_AGENT_PATH_OPTIONS = frozenset({"socket", "log_file"})
 
 
 def _parse_agent_fast(argv: list[str]) -> dict[str, Any] | None:
-    """The agent's options (``AgentOptions`` fields) for a plain foreground start, or
-    None to let typer parse. Importing typer and click, and typer 0.29 building a
-    pydantic TypeAdapter per option while parsing, cost more than the rest of the
-    agent's start (socket activation, the first ``ssh`` of a session), so the common
-    forms skip them."""
+    """The agent's options (``AgentOptions`` fields) for a plain command line, or None
+    to let typer parse. Importing typer and click, and typer 0.29 building a pydantic
+    TypeAdapter per option while parsing, cost more than the rest of the agent's start
+    (socket activation, the first ``ssh`` of a session, ``eval "$(secretivex agent
+    --daemon)"`` in every shell), so the common forms skip them."""
     from pathlib import Path
 
     values: dict[str, Any] = {"config": [], "key": []}
@@ -157,7 +168,7 @@ def _parse_agent_fast(argv: list[str]) -> dict[str, Any] | None:
             return None
         param, takes_value, repeatable = spec
         if not takes_value:
-            if eq:
+            if eq or param in values:
                 return None
             values[param] = True
             continue
@@ -169,7 +180,7 @@ def _parse_agent_fast(argv: list[str]) -> dict[str, Any] | None:
         elif param in values:
             return None  # given twice: typer's rules decide
         else:
-            values[param] = Path(value) if param == "socket" else value
+            values[param] = Path(value) if param in _AGENT_PATH_OPTIONS else value
     return values
 
 
@@ -182,6 +193,15 @@ def _run_agent_fast(values: dict[str, Any]) -> None:
         sys.exit(code)
 
 
+def _run_client_plain(argv: list[str]) -> bool:
+    """``secretivex client list|health|wait-ready`` with plain options, without typer's
+    parser (see ``cli.fastparse``); False when typer must parse the line."""
+    from secretivex.cli import client_cmd
+    from secretivex.cli.fastparse import run_plain
+
+    return run_plain(client_cmd.app, argv)
+
+
 def main() -> None:
     """Console entry point: usage errors exit 2, never with a traceback."""
     argv = sys.argv[1:]
@@ -190,6 +210,8 @@ def main() -> None:
         return
     if argv[:1] == ["agent"] and (fast := _parse_agent_fast(argv[1:])) is not None:
         _run_agent_fast(fast)
+        return
+    if argv[:1] == ["client"] and _run_client_plain(argv[1:]):
         return
     try:
         build_app(_wanted(argv))(standalone_mode=True)

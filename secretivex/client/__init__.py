@@ -2,23 +2,31 @@
 
 Used by ``secretivex client``, the bench and the tests; all of them speak through the
 shared ``secretivex.protocol`` codec.
+
+The names below are imported on first use (``secretivex.lazy``): ``secretivex client
+list`` needs the sync client, not anyio.
 """
 
 from __future__ import annotations
 
-from ._common import HEALTH_EXTENSION, AgentIdentity
-from .aio import AgentClient
-from .errors import (
-    AgentConnectionClosed,
-    AgentError,
-    AgentExtensionUnsupported,
-    AgentFailure,
-    AgentProtocolError,
-    AgentTimeout,
-    AgentUnavailable,
-)
-from .paths import default_socket_path, resolve_socket_path
-from .sync import SyncAgentClient
+from typing import TYPE_CHECKING
+
+from secretivex.lazy import exports
+
+if TYPE_CHECKING:
+    from ._common import HEALTH_EXTENSION, AgentIdentity
+    from .aio import AgentClient
+    from .errors import (
+        AgentConnectionClosed,
+        AgentError,
+        AgentExtensionUnsupported,
+        AgentFailure,
+        AgentProtocolError,
+        AgentTimeout,
+        AgentUnavailable,
+    )
+    from .paths import default_socket_path, resolve_socket_path
+    from .sync import SyncAgentClient
 
 __all__ = [
     "HEALTH_EXTENSION",
@@ -35,3 +43,22 @@ __all__ = [
     "default_socket_path",
     "resolve_socket_path",
 ]
+
+#: Public name -> the module defining it (imported on first use).
+_HOMES: dict[str, str] = {
+    "AgentClient": ".aio",
+    "AgentConnectionClosed": ".errors",
+    "AgentError": ".errors",
+    "AgentExtensionUnsupported": ".errors",
+    "AgentFailure": ".errors",
+    "AgentIdentity": "._common",
+    "AgentProtocolError": ".errors",
+    "AgentTimeout": ".errors",
+    "AgentUnavailable": ".errors",
+    "HEALTH_EXTENSION": "._common",
+    "SyncAgentClient": ".sync",
+    "default_socket_path": ".paths",
+    "resolve_socket_path": ".paths",
+}
+
+__getattr__ = exports(__name__, globals(), _HOMES)

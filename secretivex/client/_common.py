@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -16,10 +17,12 @@ from secretivex.protocol import (
     ExtensionResponse,
     Failure,
     IdentitiesAnswer,
+    ProtocolError,
     Response,
     SignResponse,
     Success,
     WirePrivateKey,
+    parse_response,
 )
 
 from .errors import (
@@ -29,12 +32,19 @@ from .errors import (
 )
 
 __all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_RESPONSE_TIMEOUT",
     "HEALTH_EXTENSION",
     "AgentIdentity",
     "build_add_identity",
     "connect_error_message",
+    "decode_health",
     "expect",
+    "parse_response_or_raise",
 ]
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_RESPONSE_TIMEOUT = 30.0
 
 #: Extension the secretivex agent answers with a UTF-8 JSON health document.
 HEALTH_EXTENSION = EXT_HEALTH
@@ -152,3 +162,20 @@ def connect_error_message(path: str, exc: BaseException) -> str:
     else:
         reason = str(exc) or type(exc).__name__
     return f"cannot connect to the agent at {path}: {reason}"
+
+
+def decode_health(raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise AgentProtocolError("health@secretivex answer is not UTF-8 JSON") from None
+    if not isinstance(data, dict):
+        raise AgentProtocolError("health@secretivex answer is not a JSON object")
+    return data
+
+
+def parse_response_or_raise(payload: bytes) -> Response:
+    try:
+        return parse_response(payload)
+    except ProtocolError as exc:
+        raise AgentProtocolError(f"malformed answer from the agent: {exc}") from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
@@ -28,17 +27,20 @@ from secretivex.protocol import (
     Unlock,
     encode_request,
     frame,
-    parse_response,
 )
 
 from ._common import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_RESPONSE_TIMEOUT,
     HEALTH_EXTENSION,
     AgentIdentity,
     build_add_identity,
     check_success,
     connect_error_message,
+    decode_health,
     extension_contents,
     identities_of,
+    parse_response_or_raise,
     signature_of,
 )
 from .errors import (
@@ -51,9 +53,6 @@ from .errors import (
 from .paths import resolve_socket_path
 
 __all__ = ["AgentClient", "decode_health", "parse_response_or_raise"]
-
-DEFAULT_CONNECT_TIMEOUT = 5.0
-DEFAULT_RESPONSE_TIMEOUT = 30.0
 
 
 def _deadline(seconds: float | None) -> float:
@@ -224,23 +223,6 @@ class AgentClient:
         except AgentExtensionUnsupported:
             return None
         return decode_health(raw)
-
-
-def decode_health(raw: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise AgentProtocolError("health@secretivex answer is not UTF-8 JSON") from None
-    if not isinstance(data, dict):
-        raise AgentProtocolError("health@secretivex answer is not a JSON object")
-    return data
-
-
-def parse_response_or_raise(payload: bytes) -> Response:
-    try:
-        return parse_response(payload)
-    except ProtocolError as exc:
-        raise AgentProtocolError(f"malformed answer from the agent: {exc}") from None
 
 
 class _Connector:

@@ -25,17 +25,19 @@ from secretivex.protocol import (
 )
 
 from ._common import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_RESPONSE_TIMEOUT,
     HEALTH_EXTENSION,
     AgentIdentity,
     build_add_identity,
     check_success,
     connect_error_message,
+    decode_health,
     extension_contents,
     identities_of,
     signature_of,
 )
-from .aio import DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, decode_health
-from .aio import parse_response_or_raise as _parse
+from ._common import parse_response_or_raise as _parse
 from .errors import (
     AgentConnectionClosed,
     AgentExtensionUnsupported,

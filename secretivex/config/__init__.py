@@ -12,15 +12,17 @@ Typical use::
             print(problem)               # e.g. "agent.yaml:12: stores[1].pin_env: set only one ..."
     loaded.config.agent.max_signers, loaded.sources["agent.max_signers"]
 
-The names below are imported on first use: ``secretivex.config.runtime`` (what the
-running agent holds) and ``secretivex.config.errors`` import no pydantic, and the agent
-process never builds the models (``secretivex.config.isolated`` validates in a child).
+The names below are imported on first use (``secretivex.lazy``):
+``secretivex.config.runtime`` (what the running agent holds) and
+``secretivex.config.errors`` import no pydantic, and the agent process never builds the
+models (``secretivex.config.isolated`` validates in a child).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from secretivex.lazy import exports
 
 if TYPE_CHECKING:
     from secretivex.config.errors import ConfigError, ConfigProblem
@@ -116,10 +118,4 @@ _HOMES: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+__getattr__ = exports(__name__, globals(), _HOMES)

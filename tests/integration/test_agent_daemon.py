@@ -293,3 +293,20 @@ def test_daemon_log_file_through_a_symlink_is_refused_exit_2(tmp_path: Path) -> 
     )
     assert victim.read_text() == "precious\n"
     assert not sock.exists()
+
+
+def test_the_daemon_carries_no_pydantic_or_typer(tmp_path: Path) -> None:
+    """``eval "$(secretivex agent --daemon)"`` (every shell's start) parses its options
+    without typer, whose parser builds pydantic adapters: the agent it leaves running
+    never loaded pydantic's extension (issue 16: start-up and footprint)."""
+    require_tool("bash")
+    sock = tmp_path / "agent.sock"
+    script = f"""
+        set -e
+        eval "$(secretivex agent --daemon -a {sock})" >/dev/null
+        grep -c -e pydantic_core -e /typer/ /proc/$SSH_AGENT_PID/maps || true
+        secretivex agent -k >/dev/null
+    """
+    result = _shell(["bash", "-c"], script, _env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0", "the daemon mapped pydantic_core"

@@ -128,9 +128,19 @@ def test_the_agent_fast_path_takes_plain_starts_and_leaves_the_rest_to_typer() -
         "foreground": True,
         "lifetime": "1h",
     }
-    for argv in (["--daemon"], ["--help"], ["-Dd"], ["--socket"], ["--socket", "--key"],
-                 ["suggest-queue-wait"], ["--kill"], ["-a", "/x", "-a", "/y"],
-                 ["--print-env=yes"]):  # fmt: skip
+    # The README's start and stop: eval "$(secretivex agent --daemon)", agent -k.
+    daemon = _parse_agent_fast(["--daemon", "--log-file", "/tmp/a.log", "-s", "--key", "k"])
+    assert daemon == {
+        "config": [],
+        "key": [Path("k")],
+        "daemon": True,
+        "log_file": Path("/tmp/a.log"),
+        "sh": True,
+    }
+    assert _parse_agent_fast(["-k", "-c"]) == {"config": [], "key": [], "kill": True, "csh": True}
+    for argv in (["--help"], ["-Dd"], ["--socket"], ["--socket", "--key"],
+                 ["suggest-queue-wait"], ["-a", "/x", "-a", "/y"], ["--daemon", "--daemon"],
+                 ["--print-env=yes"], ["--log-file"], ["-ks"]):  # fmt: skip
         assert _parse_agent_fast(argv) is None, argv
 
 
