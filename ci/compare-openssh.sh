@@ -282,7 +282,10 @@ idle_rss() {
   printf '%d\n' "$rss"
 }
 # At-rest RSS from fresh agents (the bench agents above have served heavy load).
-declare -A rest=() idle=()
+# Listing from a shell against each fresh agent (`ssh-add -l`, what scripts and users
+# run), and `secretivex client list` against secretivex: the CLI's own start.
+declare -A rest=() idle=() listing=()
+client_list_ms=0
 for agent in "${agents[@]}"; do
   socket="$SX_RUN/rest-$agent.sock"
   if [[ "$agent" == secretivex* ]]; then
@@ -292,6 +295,17 @@ for agent in "${agents[@]}"; do
   fi
   sleep 1
   rest[$agent]="$(sx_rss_kb "$SX_AGENT_PID")"
+  list_runs="" client_runs=""
+  for ((try = 1; try <= startup_tries; try++)); do
+    list_runs+="$(SSH_AUTH_SOCK="$socket" command_ms ssh-add -l) "
+    if [[ "$agent" == secretivex ]]; then
+      client_runs+="$(command_ms "$SX_BIN" client list --socket "$socket") "
+    fi
+  done
+  listing[$agent]="$(tr ' ' '\n' <<<"$list_runs" | grep . | median)"
+  if [[ -n "$client_runs" ]]; then
+    client_list_ms="$(tr ' ' '\n' <<<"$client_runs" | grep . | median)"
+  fi
   sockets[$agent]="$socket"
   idle[$agent]="$(idle_rss "$agent" "$SX_AGENT_PID")"
   sx_stop_agent "$SX_AGENT_PID"
@@ -370,7 +384,13 @@ compare_json=()
   for agent in "${agents[@]}"; do printf ' %d KiB |' "${idle[$agent]}"; done
   printf ' secretivex <= 49152 KiB (1000 connections) |\n| start-up to a listening socket (median of %s) |' "$startup_tries"
   for agent in "${agents[@]}"; do printf ' %d ms |' "${startup[$agent]}"; done
-  printf ' secretivex <= 3x import baseline (%d ms) |\n\n' "$((3 * import_ms))"
+  # shellcheck disable=SC2016 # backquotes are Markdown
+  printf ' secretivex <= 3x import baseline (%d ms) |\n| `ssh-add -l` against it (median of %s) |' "$((3 * import_ms))" "$startup_tries"
+  for agent in "${agents[@]}"; do printf ' %d ms |' "${listing[$agent]}"; done
+  printf ' |\n\n'
+  # shellcheck disable=SC2016 # backquotes are Markdown
+  printf '`secretivex client list` against secretivex (median of %s): %d ms (%s x the import baseline).\n\n' \
+    "$startup_tries" "$client_list_ms" "$(awk -v a="$client_list_ms" -v b="$import_ms" 'BEGIN {printf "%.2f", b ? a / b : 0}')"
   # shellcheck disable=SC2016 # backquotes are Markdown
   printf 'Import baseline (`python -c "import cryptography.hazmat.primitives.asymmetric.ed25519, anyio"`, median): %d ms; `secretivex --version`: %d ms (%s x, target <= 1.5 x); agent start-up: %s x (target <= 3 x).\n' \
     "$import_ms" "$version_ms" "$(awk -v a="$version_ms" -v b="$import_ms" 'BEGIN {printf "%.2f", b ? a / b : 0}')" \

@@ -162,6 +162,8 @@ def test_compare_openssh_short(tmp_path: Path) -> None:
         assert f"| {scenario} |" in table
     assert "RSS with 20 idle connections" in table
     assert "Load average" in table and "Import baseline" in table
+    assert re.search(r"^\| `ssh-add -l` against it .*\| \d+ ms \|", table, re.M), table
+    assert re.search(r"^`secretivex client list` against secretivex .*: \d+ ms", table, re.M)
     # The host's signing ceiling, per algorithm, for secretivex and (when built) Go.
     ceiling = table.split("### Signing ceiling", 1)[1]
     for algorithm in ("ed25519", "ecdsa-p256", "rsa-3072"):
