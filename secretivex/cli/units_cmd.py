@@ -83,6 +83,10 @@ def write_units(directory: Path, units: dict[str, str], *, force: bool) -> list[
     writable by others: run by root with another user's ``HOME`` (``sudo -E``), it would
     otherwise write into a directory that user controls.
     """
+    if directory.is_dir():
+        # before reading anything in it: a name there could lead anywhere (a FIFO, a
+        # symlink into /etc) when the directory is someone else's
+        _check_directory(directory, directory.stat())
     for name in units:
         path = directory / name
         if path.exists() and not force:

@@ -256,6 +256,14 @@ def check_replace(path: Path | str) -> str | None:
             f"directory {directory} is writable by every user (mode {_mode(st)}) without the "
             f"sticky bit: anyone could replace {path.name} there"
         )
+    if st.st_mode & 0o002 and st.st_uid not in (os.geteuid(), 0):
+        # The sticky bit does not bind the directory's owner (e.g. one made in /tmp).
+        return (
+            f"directory {directory} is owned by uid {st.st_uid} and writable by every user: "
+            f"that uid could replace {path.name} there"
+        )
+    if not os.access(directory, os.W_OK | os.X_OK, effective_ids=_effective()):
+        return f"directory {directory} is not writable by this user"
     if directory != path.parent:
         return None
     try:
