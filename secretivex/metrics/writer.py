@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,38 @@ __all__ = [
 ]
 
 log = logging.getLogger("secretivex.metrics")
+
+#: A failing write (full disk, a directory gone) is warned about at most this often.
+WARN_INTERVAL_S = 60.0
+
+
+class _WriteFailures:
+    """Rate-limits the warning for failed writes: the first failure is logged, then at
+    most one line per ``WARN_INTERVAL_S`` with the count, and one line on recovery. A
+    write every ``interval_ms`` must not become a log line every ``interval_ms``."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.unreported = 0
+        self.last_warned = float("-inf")
+
+    def failed(self, exc: OSError) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last_warned < WARN_INTERVAL_S:
+            self.unreported += 1
+            return
+        also = f" ({self.unreported} more failed writes not logged)" if self.unreported else ""
+        log.warning("could not write metrics: %s%s", exc, also)
+        self.last_warned = now
+        self.unreported = 0
+
+    def succeeded(self) -> None:
+        if self.count:
+            log.info("metrics written again after %d failed writes", self.count)
+        self.count = 0
+        self.unreported = 0
+        self.last_warned = float("-inf")
 
 
 def _encode(data: Mapping[str, Any] | bytes | str) -> bytes:
@@ -116,6 +149,7 @@ async def write_now(
     path: str | os.PathLike[str] | None,
     prometheus_textfile: str | os.PathLike[str] | None = None,
     kind: str = "snapshot",
+    failures: _WriteFailures | None = None,
 ) -> dict[str, Any]:
     """Take a snapshot on the event loop, write it from a worker thread; returns it.
 
@@ -125,10 +159,13 @@ async def write_now(
     if kind == "reset":
         recorder.reset()
     snapshot = recorder.snapshot(kind)
+    failures = failures or _WriteFailures()
     try:
         await anyio.to_thread.run_sync(write_metrics_files, snapshot, path, prometheus_textfile)
     except OSError as exc:
-        log.warning("could not write metrics: %s", exc)
+        failures.failed(exc)
+    else:
+        failures.succeeded()
     return snapshot
 
 
@@ -162,6 +199,7 @@ async def run_metrics_writer(
     if path is None and prometheus_textfile is None:
         return
     wakeup = _Wakeup()
+    failures = _WriteFailures()
     recorder._wake = wakeup.set
     timeout = interval_ms / 1000 if interval_ms > 0 else None
 
@@ -174,7 +212,7 @@ async def run_metrics_writer(
 
     try:
         refresh()
-        await write_now(recorder, path, prometheus_textfile, "periodic")
+        await write_now(recorder, path, prometheus_textfile, "periodic", failures)
         while True:
             with anyio.move_on_after(timeout):
                 await wakeup.event.wait()
@@ -190,7 +228,9 @@ async def run_metrics_writer(
                     write_metrics_files, snapshot, path, prometheus_textfile
                 )
             except OSError as exc:
-                log.warning("could not write metrics: %s", exc)
+                failures.failed(exc)
+            else:
+                failures.succeeded()
     finally:
         recorder._wake = None
         with anyio.CancelScope(shield=True):
