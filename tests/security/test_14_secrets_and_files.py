@@ -379,7 +379,12 @@ def test_metrics_files_where_others_can_plant_or_replace_them_are_refused(
     open_dir = shared_tmp / "open"
     open_dir.mkdir()
     open_dir.chmod(0o777)
+    # made first by another uid inside /tmp: sticky, but the sticky bit does not bind
+    # the directory's owner
+    theirs = sticky / "secretivex"
+    subprocess.run(_as_nobody("mkdir", "-m", "1777", str(theirs)), check=True)
     cases = [
+        (f"path: {theirs}/m.json", f"directory {theirs} is owned by uid {NOBODY}"),
         (f"path: {sticky}/metrics.json", f"{sticky}/metrics.json is owned by uid {NOBODY}"),
         (f"prometheus_textfile: {open_dir}/m.prom", f"directory {open_dir} is writable by every"),
         (f"path: {open_dir}/new/m.json", f"directory {open_dir} is writable by every"),
@@ -410,3 +415,24 @@ def test_metrics_files_where_others_can_plant_or_replace_them_are_refused(
     with running_agent(tmp_path, "--config", str(config)):
         assert wait_until(lambda: (sticky / "own.json").exists(), 10)
         assert wait_until(lambda: (tmp_path / "made/here/m.prom").exists(), 10)
+
+
+def test_a_failing_metrics_write_is_not_a_log_line_every_interval(tmp_path: Path) -> None:
+    """A metrics write that keeps failing (a full disk, the directory gone) warned on
+    every interval: with `interval_ms: 100`, ten lines a second into the journal for as
+    long as the agent runs. Now the first failure, then one line a minute."""
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"metrics:\n  path: {directory}/m.json\n  interval_ms: 100\n")
+    config.chmod(0o600)
+    with running_agent(tmp_path, "--config", str(config)) as agent:
+        assert wait_until(lambda: (directory / "m.json").exists(), 10)
+        shutil.rmtree(directory)
+        directory.write_text("not a directory any more\n")
+        assert wait_until(lambda: "could not write metrics" in agent.log(), 10)
+        time.sleep(2.0)  # twenty more intervals
+        failures = [line for line in agent.log().splitlines() if "could not write metrics" in line]
+        assert len(failures) == 1, failures
+        directory.unlink()
+        assert wait_until(lambda: "metrics written again" in agent.log(), 10), agent.log()
