@@ -128,6 +128,27 @@ def load_snapshot(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+#: Mode of directories the writer creates: readers of the ``0644`` files must reach them.
+DIRECTORY_MODE = 0o755
+
+
+def _make_parents(path: Path) -> None:
+    """Create the missing directories above ``path`` with ``DIRECTORY_MODE`` whatever the
+    umask (the packaged units' ``UMask=0177`` made them ``0600``: no one, the agent
+    included, could then create a file in them)."""
+    missing = []
+    directory = path.parent
+    while not directory.is_dir():
+        missing.append(directory)
+        if directory.parent == directory:
+            break
+        directory = directory.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o700)
+            os.chmod(directory, DIRECTORY_MODE)
+
+
 def write_metrics_files(
     snapshot: Mapping[str, Any],
     path: str | os.PathLike[str] | None,
@@ -135,12 +156,12 @@ def write_metrics_files(
 ) -> None:
     """Write the JSON snapshot and, if configured, the Prometheus textfile (blocking)."""
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _make_parents(Path(path))
         write_snapshot_atomic(path, snapshot)
     if prometheus_textfile is not None:
         from secretivex.metrics.prometheus import render_prometheus
 
-        Path(prometheus_textfile).parent.mkdir(parents=True, exist_ok=True)
+        _make_parents(Path(prometheus_textfile))
         write_snapshot_atomic(prometheus_textfile, render_prometheus(snapshot))
 
 

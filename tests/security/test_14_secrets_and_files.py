@@ -436,3 +436,27 @@ def test_a_failing_metrics_write_is_not_a_log_line_every_interval(tmp_path: Path
         assert len(failures) == 1, failures
         directory.unlink()
         assert wait_until(lambda: "metrics written again" in agent.log(), 10), agent.log()
+
+
+def test_metrics_directories_get_their_documented_modes_under_the_units_umask(
+    tmp_path: Path,
+) -> None:
+    """The packaged units run the agent with `UMask=0177`: the directories the metrics
+    writer created were `0600` (no search bit), so no one could create a file in them
+    and node_exporter could not reach the `0644` files. Now `0755`, whatever the umask;
+    the files stay `0644`, the temporary files never outlive a write."""
+    base = tmp_path / "state"
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"metrics:\n  path: {base}/json/m.json\n  interval_ms: 100\n"
+        f"  prometheus_textfile: {base}/prom/m.prom\n"
+    )
+    config.chmod(0o600)
+    umask = ("sh", "-c", 'umask 0177; exec "$0" "$@"')
+    with running_agent(tmp_path, "--config", str(config), prefix=umask):
+        assert wait_until(lambda: (base / "prom" / "m.prom").exists(), 10)
+    for directory in (base, base / "json", base / "prom"):
+        assert oct(directory.stat().st_mode & 0o7777) == oct(0o755), directory
+    for name in ("json/m.json", "prom/m.prom"):
+        assert oct((base / name).stat().st_mode & 0o7777) == oct(0o644), name
+    assert not [p for p in base.rglob("*.tmp")]
