@@ -460,3 +460,35 @@ def test_metrics_directories_get_their_documented_modes_under_the_units_umask(
     for name in ("json/m.json", "prom/m.prom"):
         assert oct((base / name).stat().st_mode & 0o7777) == oct(0o644), name
     assert not [p for p in base.rglob("*.tmp")]
+
+
+def test_a_readable_unit_environment_file_is_warned_about(tmp_path: Path) -> None:
+    """The packaged user unit reads PINs from `~/.config/secretivex/env`
+    (`EnvironmentFile=`); made with the usual umask it is `0644`, the PIN readable by
+    every local user (home directories are often `0755`). The agent cannot refuse a
+    file systemd read, but it says so, naming the file, never its content."""
+    require_tool("ssh-keygen", "ssh-add")
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    key = keygen(keys, "enc", passphrase=KEY_PASSPHRASE, comment="enc")
+    home = tmp_path / "home"
+    env_file = home / ".config" / "secretivex" / "env"
+    env_file.parent.mkdir(parents=True)
+    env_file.write_text(f"SWEEP2_PASSPHRASE={KEY_PASSPHRASE}\n")
+    env_file.chmod(0o644)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"stores:\n  - type: file\n    paths: [{key}]\n    passphrase_env: SWEEP2_PASSPHRASE\n"
+    )
+    config.chmod(0o600)
+    env = {"SWEEP2_PASSPHRASE": KEY_PASSPHRASE}
+    with running_agent(tmp_path, "--config", str(config), env=env) as agent:
+        assert "enc" in agent.ssh_add("-l").stdout
+    log = agent.log()
+    warnings = [line for line in log.splitlines() if "WARNING" in line and str(env_file) in line]
+    assert len(warnings) == 1 and "readable by" in warnings[0], log
+    assert KEY_PASSPHRASE not in log
+    env_file.chmod(0o600)
+    with running_agent(tmp_path, "--config", str(config), env=env) as agent:
+        assert "enc" in agent.ssh_add("-l").stdout
+    assert str(env_file) not in agent.log()
