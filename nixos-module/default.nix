@@ -115,6 +115,16 @@ let
       ++ map (k: "${at}.${k}: settings are readable by every user in /nix/store and never hold a PIN or passphrase (the value is not shown); use pin_env/passphrase_env with environmentFile, or pin_file/passphrase_file with credentials.")
         (filter (k: builtins.elem k secretKeys) (attrNames store)))
     (cfg.settings.stores or [ ]));
+  # A variable a store reads its secret from, set with `systemd.(user.)services.
+  # secretivex.environment`, is written into the unit file in /nix/store (and shown by
+  # `systemctl show` to every user): only environmentFile keeps it out.
+  secretVarNames = builtins.concatMap
+    (store: map toString (filter (v: v != null) [ (store.pin_env or null) (store.passphrase_env or null) ]))
+    (cfg.settings.stores or [ ]);
+  unitEnvironments =
+    (config.systemd.services.secretivex.environment or { })
+    // (config.systemd.user.services.secretivex.environment or { });
+  secretsInUnitEnvironment = filter (n: unitEnvironments ? ${n}) secretVarNames;
 
   kill = "${pkgs.coreutils}/bin/kill";
 
@@ -314,6 +324,10 @@ in
         {
           assertion = !(any inStore (builtins.attrValues cfg.credentials));
           message = "services.secretivex.credentials: a file in the Nix store is readable by every user; name a file outside it (e.g. /run/keys/...), as a string.";
+        }
+        {
+          assertion = secretsInUnitEnvironment == [ ];
+          message = "services.secretivex: ${concatStringsSep ", " secretsInUnitEnvironment} (named by pin_env/passphrase_env) is set in systemd.services.secretivex.environment or systemd.user.services.secretivex.environment, which writes it into the unit file in /nix/store, readable by every user (and shown by `systemctl show`); use services.secretivex.environmentFile.";
         }
         {
           assertion = storeSecretProblems == [ ];

@@ -412,6 +412,25 @@ def test_secrets_in_settings_fail_evaluation_without_being_shown(nix_eval: Eval)
     assert evaluate(nix_eval, {**SHARED})["failedAssertions"] == []
 
 
+@pytest.mark.parametrize("mode", ["user", "system"])
+def test_a_pin_variable_in_the_units_environment_fails_evaluation(
+    nix_eval: Eval, mode: str
+) -> None:
+    """`systemd.services.secretivex.environment.PIN = "..."` writes the PIN into the
+    unit file in /nix/store (and `systemctl show` shows it to every user)."""
+    store = {"type": "pkcs11", "module": "/m.so", "pin_env": "SECRETIVEX_PKCS11_PIN"}
+    cfg = {"enable": True, "mode": mode, "settings": {"stores": [store]}}
+    services = {"secretivex": {"environment": {"SECRETIVEX_PKCS11_PIN": "424242-secret"}}}
+    world = {
+        "systemd": {"user": {"services": services}} if mode == "user" else {"services": services}
+    }
+    out = evaluate(nix_eval, cfg, world)
+    messages = " | ".join(out["failedAssertions"])
+    assert "SECRETIVEX_PKCS11_PIN (named by pin_env/passphrase_env)" in messages, messages
+    assert "424242" not in messages
+    assert evaluate(nix_eval, cfg)["failedAssertions"] == []
+
+
 def test_relative_listener_socket_is_refused(nix_eval: Eval) -> None:
     cfg = {**SHARED, "settings": {"listeners": [{"socket": "team.sock"}]}}
     out = evaluate(nix_eval, cfg)
