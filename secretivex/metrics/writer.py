@@ -144,9 +144,16 @@ def _make_parents(path: Path) -> None:
             break
         directory = directory.parent
     for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):
+        try:
             os.mkdir(directory, 0o700)
-            os.chmod(directory, DIRECTORY_MODE)
+        except FileExistsError:
+            continue  # not ours: left as it is
+        # through a handle that cannot be a symlink someone swapped in meanwhile
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, DIRECTORY_MODE)
+        finally:
+            os.close(fd)
 
 
 def write_metrics_files(
