@@ -83,10 +83,13 @@ def write_units(directory: Path, units: dict[str, str], *, force: bool) -> list[
     writable by others: run by root with another user's ``HOME`` (``sudo -E``), it would
     otherwise write into a directory that user controls.
     """
-    if directory.is_dir():
-        # before reading anything in it: a name there could lead anywhere (a FIFO, a
-        # symlink into /etc) when the directory is someone else's
-        _check_directory(directory, directory.stat())
+    # Before reading or creating anything: a name in someone else's directory could
+    # lead anywhere (a FIFO, a symlink into /etc), and a directory made in theirs could
+    # be swapped for a symlink before the units go in.
+    existing = directory
+    while not existing.is_dir() and existing.parent != existing:
+        existing = existing.parent
+    _check_directory(existing, existing.stat())
     for name in units:
         path = directory / name
         if path.exists() and not force:

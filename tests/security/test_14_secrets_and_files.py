@@ -341,6 +341,14 @@ def test_install_units_never_follows_a_planted_name(tmp_path: Path, shared_tmp: 
     assert f"belongs to uid {NOBODY}" in result.stderr, result.stderr
     assert not (unit_dir / "secretivex.service").exists()
 
+    # Not there yet: root would create it inside the user's ~/.config, where the user
+    # could swap it for a symlink (to /etc/systemd/system) before the units go in.
+    shutil.rmtree(user_home / ".config" / "systemd")
+    result = _install_units(user_home / ".config")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{user_home / '.config'} belongs to uid {NOBODY}" in result.stderr, result.stderr
+    assert not (user_home / ".config" / "systemd").exists()
+
     # One's own directory, with a stale symlink at the old fixed temporary name.
     own = tmp_path / "config"
     own_units = own / "systemd" / "user"
