@@ -94,6 +94,38 @@ let
 
   credentialName = "^[A-Za-z0-9_][A-Za-z0-9_.@-]*$";
 
+  # `settings` end up in /nix/store, which every local user can read (and in build
+  # logs, and in any binary cache the closure is pushed to). A secret written into them
+  # -- a PIN where its variable's name belongs, a `pin = ...` key, a pin_file given as a
+  # Nix path (which copies the file into the store) -- is refused at evaluation, before
+  # anything is built, and no message repeats the value.
+  envVarName = "[A-Za-z_][A-Za-z0-9_]*";
+  inStore = v: builtins.isPath v || hasPrefix builtins.storeDir (toString v);
+  secretKeys = [ "pin" "passphrase" "password" "secret" "user_pin" "so_pin" ];
+  storeSecretProblems = builtins.concatLists (imap0
+    (i: store:
+      let
+        at = "services.secretivex.settings.stores[${toString i}]";
+        has = k: store ? ${k} && store.${k} != null;
+      in
+      map (k: "${at}.${k} must name an environment variable that holds the secret, not the secret itself: settings are readable by every user in /nix/store (the value is not shown). Put NAME=value in environmentFile.")
+        (filter (k: has k && builtins.match envVarName (toString store.${k}) == null) [ "pin_env" "passphrase_env" ])
+      ++ map (k: "${at}.${k} is in the Nix store (a Nix path is copied there), readable by every user: give the path of a file outside it as a string, e.g. from `credentials`.")
+        (filter (k: has k && inStore store.${k}) [ "pin_file" "passphrase_file" ])
+      ++ map (k: "${at}.${k}: settings are readable by every user in /nix/store and never hold a PIN or passphrase (the value is not shown); use pin_env/passphrase_env with environmentFile, or pin_file/passphrase_file with credentials.")
+        (filter (k: builtins.elem k secretKeys) (attrNames store)))
+    (cfg.settings.stores or [ ]));
+  # A variable a store reads its secret from, set with `systemd.(user.)services.
+  # secretivex.environment`, is written into the unit file in /nix/store (and shown by
+  # `systemctl show` to every user): only environmentFile keeps it out.
+  secretVarNames = builtins.concatMap
+    (store: map toString (filter (v: v != null) [ (store.pin_env or null) (store.passphrase_env or null) ]))
+    (cfg.settings.stores or [ ]);
+  unitEnvironments =
+    (config.systemd.services.secretivex.environment or { })
+    // (config.systemd.user.services.secretivex.environment or { });
+  secretsInUnitEnvironment = filter (n: unitEnvironments ? ${n}) secretVarNames;
+
   kill = "${pkgs.coreutils}/bin/kill";
 
   # Shared by both modes: seccomp and no_new_privs, which need no namespaces.
@@ -288,6 +320,18 @@ in
         {
           assertion = builtins.all (n: builtins.match credentialName n != null) (attrNames cfg.credentials);
           message = "services.secretivex.credentials: names must be letters, digits, '_', '.', '@' or '-' (got: ${concatStringsSep ", " (attrNames cfg.credentials)}).";
+        }
+        {
+          assertion = !(any inStore (builtins.attrValues cfg.credentials));
+          message = "services.secretivex.credentials: a file in the Nix store is readable by every user; name a file outside it (e.g. /run/keys/...), as a string.";
+        }
+        {
+          assertion = secretsInUnitEnvironment == [ ];
+          message = "services.secretivex: ${concatStringsSep ", " secretsInUnitEnvironment} (named by pin_env/passphrase_env) is set in systemd.services.secretivex.environment or systemd.user.services.secretivex.environment, which writes it into the unit file in /nix/store, readable by every user (and shown by `systemctl show`); use services.secretivex.environmentFile.";
+        }
+        {
+          assertion = storeSecretProblems == [ ];
+          message = concatStringsSep "\n" storeSecretProblems;
         }
         {
           assertion = builtins.all (l: hasPrefix "/" (l.socket or "")) listeners;

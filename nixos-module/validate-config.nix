@@ -5,7 +5,7 @@
 # The result is the YAML file itself (so /etc/secretivex/config.yaml only exists when
 # it is valid). An invalid config fails the build and prints the validator's lines,
 # with the store path replaced by "services.secretivex.settings" so they read like:
-#   services.secretivex.settings: stores[0].pin_env: 'my pin' is not an environment ...
+#   services.secretivex.settings: stores[0].pin_env: must name an environment variable ...
 # Host-specific checks (does this module file / user exist?) are skipped
 # (--no-path-checks): the build runs in a sandbox, not on the target host.
 { pkgs }:

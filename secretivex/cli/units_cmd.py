@@ -7,8 +7,10 @@ now, so a pip or pipx install works without editing anything.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -73,7 +75,21 @@ def user_unit_dir(env: dict[str, str] | os._Environ[str] = os.environ) -> Path:
 
 
 def write_units(directory: Path, units: dict[str, str], *, force: bool) -> list[Path]:
-    """Write the units; a file someone else wrote is replaced only with ``--force``."""
+    """Write the units; a file someone else wrote is replaced only with ``--force``.
+
+    Each file is written to a fresh name (created exclusively, never through a symlink)
+    and renamed into place, so a reader never sees half a unit and a name planted in the
+    directory is never followed. The directory must be the caller's (or root's) and not
+    writable by others: run by root with another user's ``HOME`` (``sudo -E``), it would
+    otherwise write into a directory that user controls.
+    """
+    # Before reading or creating anything: a name in someone else's directory could
+    # lead anywhere (a FIFO, a symlink into /etc), and a directory made in theirs could
+    # be swapped for a symlink before the units go in.
+    existing = directory
+    while not existing.is_dir() and existing.parent != existing:
+        existing = existing.parent
+    _check_directory(existing, existing.stat())
     for name in units:
         path = directory / name
         if path.exists() and not force:
@@ -84,14 +100,47 @@ def write_units(directory: Path, units: dict[str, str], *, force: bool) -> list[
                     "pass --force to replace it"
                 )
     directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in units.items():
-        path = directory / name
-        tmp = path.with_name(f".{name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-        written.append(path)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _check_directory(directory, os.fstat(dir_fd))
+        written = []
+        for name, text in units.items():
+            _replace_at(dir_fd, name, text.encode("utf-8"))
+            written.append(directory / name)
+    finally:
+        os.close(dir_fd)
     return written
+
+
+def _check_directory(directory: Path, st: os.stat_result) -> None:
+    me = os.geteuid()
+    if st.st_uid not in (me, 0):
+        raise InstallError(
+            f"{directory} belongs to uid {st.st_uid}, not to you (uid {me}): run "
+            "install-units as that user (did sudo keep HOME or XDG_CONFIG_HOME?)"
+        )
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise InstallError(
+            f"{directory} is writable by others (mode {stat.S_IMODE(st.st_mode):04o}), who "
+            "could replace the units: chmod go-w it"
+        )
+
+
+def _replace_at(dir_fd: int, name: str, data: bytes) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    tmp = f".{name}.{os.urandom(6).hex()}.tmp"
+    fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), 0o644)
+            os.fsync(handle.fileno())
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
 
 
 def enable_socket() -> None:

@@ -10,6 +10,13 @@ agent imports this module, never the config models):
   following a symlink in its last component (``O_NOFOLLOW``) and must then be a regular
   file owned by the agent's euid, not group/other-writable, with one link: no name
   another uid planted can make the agent write somewhere else;
+* a **file the agent replaces** (``metrics.path``, ``metrics.prometheus_textfile``:
+  written to a fresh temporary name, then renamed over) must not sit in a directory
+  every user can write without the sticky bit (the nearest existing one, when the agent
+  is to create the rest), and an existing file of that name must be the agent's own: a
+  file another uid planted first in a sticky directory could never be replaced, and
+  readers would take it for the agent's. A group-writable or other-owned directory is
+  the administrator's choice of who shares it (node_exporter's textfile directory);
 * a **config file** is refused when group or others can write it (as ssh refuses such a
   ``~/.ssh/config``), and reported when another uid (not root) owns it.
 
@@ -28,6 +35,7 @@ from pathlib import Path
 __all__ = [
     "UnsafePathError",
     "check_append",
+    "check_replace",
     "config_file_owner_problem",
     "config_file_write_problem",
     "directory_problem",
@@ -213,6 +221,63 @@ def check_append(path: Path | str) -> str | None:
         return str(exc)
     finally:
         os.close(dir_fd)
+
+
+# --------------------------------------------------------------------------- replacing
+
+
+def _nearest_existing(directory: Path) -> os.stat_result | str | None:
+    """``directory``'s stat, None when it does not exist, or why it cannot be read."""
+    try:
+        return os.stat(directory)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"directory {directory}: {_reason(exc)}"
+
+
+def check_replace(path: Path | str) -> str | None:
+    """Why the agent must not write ``path`` by renaming a new file over it (None: it
+    may). Creates nothing."""
+    path = Path(os.path.expanduser(path))
+    directory = path.parent
+    st = _nearest_existing(directory)
+    while st is None and directory.parent != directory:
+        directory = directory.parent
+        st = _nearest_existing(directory)
+    if st is None:
+        return None
+    if isinstance(st, str):
+        return st
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{directory} is {_kind(st)}, not a directory"
+    if st.st_mode & 0o002 and not st.st_mode & stat.S_ISVTX:
+        return (
+            f"directory {directory} is writable by every user (mode {_mode(st)}) without the "
+            f"sticky bit: anyone could replace {path.name} there"
+        )
+    if st.st_mode & 0o002 and st.st_uid not in (os.geteuid(), 0):
+        # The sticky bit does not bind the directory's owner (e.g. one made in /tmp).
+        return (
+            f"directory {directory} is owned by uid {st.st_uid} and writable by every user: "
+            f"that uid could replace {path.name} there"
+        )
+    if not os.access(directory, os.W_OK | os.X_OK, effective_ids=_effective()):
+        return f"directory {directory} is not writable by this user"
+    if directory != path.parent:
+        return None
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{path}: {_reason(exc)}"
+    if st.st_uid != os.geteuid():
+        return (
+            f"{path} is owned by uid {st.st_uid}, not by this agent's uid {os.geteuid()}: "
+            "someone else put it there"
+        )
+    return None
 
 
 def _effective() -> bool:

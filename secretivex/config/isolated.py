@@ -9,7 +9,10 @@ none of it, only the frozen ``RuntimeSettings`` derived from the result. So:
   the settings and warnings back over a pipe, while the parent imports
   anyio, cryptography and the agent in parallel; ``PendingLoad.result`` collects them;
 * on SIGHUP, ``load_in_subprocess`` does the same in a fresh interpreter (the running
-  agent has threads, so it does not fork).
+  agent has threads, so it does not fork). That interpreter is an ordinary, dumpable
+  process of the agent's uid, so it gets only the environment a config load reads
+  (``loader_environment``): a PIN variable for a store the new config adds, or any
+  other secret the agent was started with, never shows in its ``/proc/PID/environ``.
 
 A config error comes back as the same ``ConfigError`` (problems and warnings), so the
 CLI prints exactly what an in-process load would. ``AgentConfigRequest.load`` is that
@@ -348,10 +351,36 @@ def serve(request: Any) -> None:
     os.close(out)
 
 
+#: The config sections (``loader.SECTIONS``; not imported: the agent never loads the
+#: models), for ``SECRETIVEX_<SECTION>...`` variables.
+_SECTIONS = ("agent", "stores", "policy", "listeners", "metrics", "audit", "logging")
+#: Variables a config load reads (paths, defaults, locale) or the interpreter uses.
+_LOADER_NAMES = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"}
+    | {"XDG_CONFIG_HOME", "XDG_RUNTIME_DIR", "SECRETIVEX_CONFIG"}
+)
+_LOADER_PREFIXES = ("LC_", "PYTHON", "PYDANTIC_", "COVERAGE")
+
+
+def loader_environment(env: os._Environ[str] | dict[str, str]) -> dict[str, str]:
+    """What the reload's loader process inherits: the variables a config load reads, and
+    of the ``SECRETIVEX_*`` ones only those that set (or would be warned about as
+    misspelt) config keys. A PIN in ``SECRETIVEX_PKCS11_PIN`` stays behind."""
+    out = {}
+    for name, value in env.items():
+        if name in _LOADER_NAMES or name.startswith(_LOADER_PREFIXES):
+            out[name] = value
+        elif name.startswith("SECRETIVEX_"):
+            rest = name[len("SECRETIVEX_") :].lower()
+            if "__" in rest or rest.split("_", 1)[0] in _SECTIONS:
+                out[name] = value
+    return out
+
+
 def load_in_subprocess(request: AgentConfigRequest, timeout_s: float = RELOAD_TIMEOUT_S) -> Loaded:
-    """Load ``request`` in a new Python process (same interpreter, same ``sys.path``,
-    same environment and working directory); returns (settings, warnings) or raises
-    ``ConfigError`` / ``ConfigLoaderError``."""
+    """Load ``request`` in a new Python process (same interpreter, same ``sys.path`` and
+    working directory, the environment ``loader_environment`` keeps); returns (settings,
+    warnings) or raises ``ConfigError`` / ``ConfigLoaderError``."""
     import subprocess
 
     payload = marshal.dumps((list(sys.path), _encode(request)))
@@ -362,6 +391,7 @@ def load_in_subprocess(request: AgentConfigRequest, timeout_s: float = RELOAD_TI
             stdout=subprocess.PIPE,
             timeout=timeout_s,
             check=False,
+            env=loader_environment(os.environ),
         )
     except subprocess.TimeoutExpired:
         raise ConfigLoaderError(

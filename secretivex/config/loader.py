@@ -654,11 +654,26 @@ def _locate(loc: KeyPath, origins: Mapping[KeyPath, Origin]) -> tuple[Origin | N
     return None, False
 
 
+#: Keys next to a secret (``pin_env``, ``pin_file``, ``passphrase_file``, ...): a wrong
+#: value there may be the PIN or passphrase itself, so problems never repeat it.
+_NEAR_SECRET = re.compile(r"(^|_)(pin|passphrase|password|secret)(_|$)")
+
+
+class _Hidden:
+    """Stands for a value a problem must not repeat."""
+
+    def __repr__(self) -> str:
+        return "a value (not shown: it may be a secret)"
+
+
 def _describe_error(
     error: ErrorDetails, loc: KeyPath, merged: Mapping[str, Any]
 ) -> tuple[KeyPath, str]:
     kind = error["type"]
     value = error.get("input")
+    near_secret = loc and loc[-1] != "pin_command" and _NEAR_SECRET.search(str(loc[-1]))
+    if near_secret and isinstance(value, str | int | float) and not isinstance(value, bool):
+        value = _Hidden()
     ctx = error.get("ctx") or {}
     if kind == "extra_forbidden" and loc:
         allowed = _allowed_keys(loc[:-1], merged)

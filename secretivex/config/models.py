@@ -38,7 +38,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from secretivex.config.filechecks import check_append
+from secretivex.config.filechecks import check_append, check_replace
 from secretivex.config.lifetime import parse_lifetime
 from secretivex.config.matchers import Matcher, MatcherError, parse_matcher
 from secretivex.config.profiles import (
@@ -114,7 +114,10 @@ def _fail(kind: str, message: str, **ctx: Any) -> NoReturn:
 _ENV_REFERENCE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 
 
-def _expand_absolute(value: Any, what: str) -> Path:
+def _expand_absolute(value: Any, what: str, *, show: bool = True) -> Path:
+    """``value`` as an absolute path (a leading ``~`` expanded). ``show=False``: the
+    messages never repeat the value (it may be the secret itself, written by mistake
+    where its file's name belongs)."""
     if isinstance(value, Path):
         text = str(value)
     elif isinstance(value, str):
@@ -130,18 +133,20 @@ def _expand_absolute(value: Any, what: str) -> Path:
         # Decided: only a leading ~ expands. $VARs would make a path mean different
         # things under systemd, sudo and a login shell; say so instead of guessing.
         suggestion = ""
-        if variable.group(1) == "HOME" and variable.start() == 0:
+        if variable.group(1) == "HOME" and variable.start() == 0 and show:
             suggestion = f" - write {'~' + text[variable.end() :]!r}"
+        named = f"{what} {text!r}" if show else what
         _fail(
             "path_variable",
-            f"{what} {text!r} uses {variable.group(0)}, but variables are not expanded in "
-            f"config paths (only a leading ~/ is){suggestion}",
+            f"{named} uses {variable.group(0) if show else 'a $VARIABLE'}, but variables are "
+            f"not expanded in config paths (only a leading ~/ is){suggestion}",
         )
     expanded = Path(text).expanduser()
     if not expanded.is_absolute():
+        got = f", got {text!r}" if show else " (the value is not shown: it may be a secret)"
         _fail(
             "path_relative",
-            f"{what} must be absolute (or start with ~/), got {text!r}: "
+            f"{what} must be absolute (or start with ~/){got}: "
             "relative paths would depend on the agent's working directory",
         )
     return expanded
@@ -165,6 +170,10 @@ def _abs_path(value: Any) -> Path:
     return _expand_absolute(value, "path")
 
 
+def _secret_path(value: Any) -> Path:
+    return _expand_absolute(value, "path", show=False)
+
+
 def _socket_path(value: Any) -> Path:
     path = _expand_absolute(value, "socket path")
     size = len(os.fsencode(path))
@@ -185,6 +194,14 @@ def _path_schema(description: str) -> WithJsonSchema:
 AbsPath = Annotated[
     Path,
     PlainValidator(_abs_path),
+    PlainSerializer(str, return_type=str),
+    _path_schema("absolute path; a leading ~/ is expanded"),
+]
+#: ``pin_file``/``passphrase_file``: errors never repeat the value (a PIN written there
+#: by mistake must not reach `config validate` output, CI logs or the journal).
+SecretPath = Annotated[
+    Path,
+    PlainValidator(_secret_path),
     PlainSerializer(str, return_type=str),
     _path_schema("absolute path; a leading ~/ is expanded"),
 ]
@@ -244,11 +261,14 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _env_name(value: Any) -> str:
+    # Only *_env keys (pin_env, passphrase_env) are EnvNames: the value is never shown,
+    # since a PIN or passphrase written there by mistake would reach CI logs.
     if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
         _fail(
             "env_name",
-            f"{value!r} is not an environment variable name (letters, digits and _, "
-            "not starting with a digit)",
+            "must name an environment variable (letters, digits and _, not starting with "
+            "a digit) that holds the secret, not the secret itself; the value given is "
+            "not shown",
         )
     return value
 
@@ -573,7 +593,7 @@ class FileStore(_Section):
         description="Environment variable holding the passphrase of encrypted keys.",
         examples=["SECRETIVEX_KEY_PASSPHRASE"],
     )
-    passphrase_file: AbsPath | None = Field(
+    passphrase_file: SecretPath | None = Field(
         default=None,
         description="File whose first line is the passphrase (e.g. a systemd credential).",
         examples=["/run/credentials/secretivex.service/passphrase"],
@@ -612,7 +632,7 @@ class Pkcs11Store(_Section):
         "pin_file, pin_command and pin_prompt; none = the token needs no login.",
         examples=["SECRETIVEX_PKCS11_PIN"],
     )
-    pin_file: AbsPath | None = Field(
+    pin_file: SecretPath | None = Field(
         default=None,
         description="File whose first line is the user PIN.",
         examples=["/run/credentials/secretivex.service/pin"],
@@ -942,6 +962,21 @@ class MetricsSection(_Section):
                 "prom_suffix",
                 "node_exporter's textfile collector only reads files ending in .prom",
             )
+        return value
+
+    @field_validator("path", "prometheus_textfile")
+    @classmethod
+    def _replaceable(cls, value: Path | None) -> Path | None:
+        if value is not None and host_checks_enabled():
+            # What another uid could do to the file the agent renames into place
+            # (config.filechecks), creating nothing.
+            problem = check_replace(value)
+            if problem:
+                _fail(
+                    "metrics_unsafe",
+                    f"{problem} (fix the path or its permissions, or use --no-path-checks "
+                    "to validate for another machine)",
+                )
         return value
 
 

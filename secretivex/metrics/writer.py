@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,38 @@ __all__ = [
 ]
 
 log = logging.getLogger("secretivex.metrics")
+
+#: A failing write (full disk, a directory gone) is warned about at most this often.
+WARN_INTERVAL_S = 60.0
+
+
+class _WriteFailures:
+    """Rate-limits the warning for failed writes: the first failure is logged, then at
+    most one line per ``WARN_INTERVAL_S`` with the count, and one line on recovery. A
+    write every ``interval_ms`` must not become a log line every ``interval_ms``."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.unreported = 0
+        self.last_warned = float("-inf")
+
+    def failed(self, exc: OSError) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last_warned < WARN_INTERVAL_S:
+            self.unreported += 1
+            return
+        also = f" ({self.unreported} more failed writes not logged)" if self.unreported else ""
+        log.warning("could not write metrics: %s%s", exc, also)
+        self.last_warned = now
+        self.unreported = 0
+
+    def succeeded(self) -> None:
+        if self.count:
+            log.info("metrics written again after %d failed writes", self.count)
+        self.count = 0
+        self.unreported = 0
+        self.last_warned = float("-inf")
 
 
 def _encode(data: Mapping[str, Any] | bytes | str) -> bytes:
@@ -95,6 +128,34 @@ def load_snapshot(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+#: Mode of directories the writer creates: readers of the ``0644`` files must reach them.
+DIRECTORY_MODE = 0o755
+
+
+def _make_parents(path: Path) -> None:
+    """Create the missing directories above ``path`` with ``DIRECTORY_MODE`` whatever the
+    umask (the packaged units' ``UMask=0177`` made them ``0600``: no one, the agent
+    included, could then create a file in them)."""
+    missing = []
+    directory = path.parent
+    while not directory.is_dir():
+        missing.append(directory)
+        if directory.parent == directory:
+            break
+        directory = directory.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            continue  # not ours: left as it is
+        # through a handle that cannot be a symlink someone swapped in meanwhile
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, DIRECTORY_MODE)
+        finally:
+            os.close(fd)
+
+
 def write_metrics_files(
     snapshot: Mapping[str, Any],
     path: str | os.PathLike[str] | None,
@@ -102,12 +163,12 @@ def write_metrics_files(
 ) -> None:
     """Write the JSON snapshot and, if configured, the Prometheus textfile (blocking)."""
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _make_parents(Path(path))
         write_snapshot_atomic(path, snapshot)
     if prometheus_textfile is not None:
         from secretivex.metrics.prometheus import render_prometheus
 
-        Path(prometheus_textfile).parent.mkdir(parents=True, exist_ok=True)
+        _make_parents(Path(prometheus_textfile))
         write_snapshot_atomic(prometheus_textfile, render_prometheus(snapshot))
 
 
@@ -116,6 +177,7 @@ async def write_now(
     path: str | os.PathLike[str] | None,
     prometheus_textfile: str | os.PathLike[str] | None = None,
     kind: str = "snapshot",
+    failures: _WriteFailures | None = None,
 ) -> dict[str, Any]:
     """Take a snapshot on the event loop, write it from a worker thread; returns it.
 
@@ -125,10 +187,13 @@ async def write_now(
     if kind == "reset":
         recorder.reset()
     snapshot = recorder.snapshot(kind)
+    failures = failures or _WriteFailures()
     try:
         await anyio.to_thread.run_sync(write_metrics_files, snapshot, path, prometheus_textfile)
     except OSError as exc:
-        log.warning("could not write metrics: %s", exc)
+        failures.failed(exc)
+    else:
+        failures.succeeded()
     return snapshot
 
 
@@ -162,6 +227,7 @@ async def run_metrics_writer(
     if path is None and prometheus_textfile is None:
         return
     wakeup = _Wakeup()
+    failures = _WriteFailures()
     recorder._wake = wakeup.set
     timeout = interval_ms / 1000 if interval_ms > 0 else None
 
@@ -174,7 +240,7 @@ async def run_metrics_writer(
 
     try:
         refresh()
-        await write_now(recorder, path, prometheus_textfile, "periodic")
+        await write_now(recorder, path, prometheus_textfile, "periodic", failures)
         while True:
             with anyio.move_on_after(timeout):
                 await wakeup.event.wait()
@@ -190,7 +256,9 @@ async def run_metrics_writer(
                     write_metrics_files, snapshot, path, prometheus_textfile
                 )
             except OSError as exc:
-                log.warning("could not write metrics: %s", exc)
+                failures.failed(exc)
+            else:
+                failures.succeeded()
     finally:
         recorder._wake = None
         with anyio.CancelScope(shield=True):

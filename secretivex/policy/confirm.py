@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import anyio
 
 from secretivex.children import kill_process_group, minimal_environment
+from secretivex.keys.listed import listed_comment
 from secretivex.outcomes import ConfirmOutcome
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,23 @@ TIMEOUT = ConfirmOutcome.TIMEOUT
 ERROR = ConfirmOutcome.ERROR
 CACHE_HIT = ConfirmOutcome.CACHE_HIT
 HANGUP = ConfirmOutcome.HANGUP
+
+#: The separator of the process chain ("ssh ← git ← zsh").
+CHAIN_SEPARATOR = " ← "
+#: How much of one process name the prompt shows (``comm`` is 15 bytes; ``argv[0]``,
+#: which a process chooses freely, can be a page).
+MAX_SHOWN_NAME = 64
+
+
+def shown(text: str, limit: int | None = None) -> str:
+    """``text`` fit to show a person deciding: control characters (a newline would start
+    a line of the peer's choosing in the prompt, an escape would reach a terminal),
+    bidirectional overrides and the chain's own arrow become ``?``; cut to ``limit``
+    characters with an ellipsis. Key comments are capped as listings cap them."""
+    cleaned = listed_comment(text).replace("\u2190", "?")
+    if limit is not None and len(cleaned) > limit:
+        cleaned = cleaned[: limit - 1] + "\u2026"
+    return cleaned
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,27 +64,34 @@ class ConfirmRequest:
     peer_chain: tuple[str, ...]
     destination: str = ""
 
+    def chain(self) -> str:
+        """The peer's process chain as shown: every name cleaned and capped, since the
+        peer chose them (``exec -a``), so none can add a line or hide the uid."""
+        return CHAIN_SEPARATOR.join(shown(name, MAX_SHOWN_NAME) for name in self.peer_chain)
+
     def message(self) -> str:
-        who = " ← ".join(self.peer_chain) or f"pid {self.peer_pid}"
-        where = f" for {self.destination}" if self.destination else ""
+        who = self.chain() or f"pid {self.peer_pid}"
+        where = f" for {shown(self.destination)}" if self.destination else ""
         return (
-            f"Allow use of key {self.comment or self.fingerprint}{where}?\n"
+            f"Allow use of key {shown(self.comment) or self.fingerprint}{where}?\n"
             f"Key fingerprint {self.fingerprint}.\nRequested by {who} (uid {self.peer_uid})."
         )
 
     def environ(self) -> dict[str, str]:
+        """The ``SECRETIVEX_CONFIRM_*`` variables; text a client chose (comment,
+        executable path, process names) is cleaned as ``shown`` does."""
         return {
             "SECRETIVEX_CONFIRM_FINGERPRINT": self.fingerprint,
-            "SECRETIVEX_CONFIRM_COMMENT": self.comment,
+            "SECRETIVEX_CONFIRM_COMMENT": shown(self.comment),
             "SECRETIVEX_CONFIRM_KEY_TYPE": self.key_type,
             "SECRETIVEX_CONFIRM_DATA_LEN": str(self.data_len),
             "SECRETIVEX_CONFIRM_SOCKET": self.socket,
             "SECRETIVEX_CONFIRM_PEER_PID": str(self.peer_pid),
             "SECRETIVEX_CONFIRM_PEER_UID": str(self.peer_uid),
             "SECRETIVEX_CONFIRM_PEER_GID": str(self.peer_gid),
-            "SECRETIVEX_CONFIRM_PEER_EXE": self.peer_exe,
-            "SECRETIVEX_CONFIRM_PEER_CHAIN": " ← ".join(self.peer_chain),
-            "SECRETIVEX_CONFIRM_DESTINATION": self.destination,
+            "SECRETIVEX_CONFIRM_PEER_EXE": shown(self.peer_exe),
+            "SECRETIVEX_CONFIRM_PEER_CHAIN": self.chain(),
+            "SECRETIVEX_CONFIRM_DESTINATION": shown(self.destination),
             "SECRETIVEX_CONFIRM_MESSAGE": self.message(),
         }
 

@@ -7,7 +7,8 @@ with it: its value moves into this process's memory (made non-dumpable by
 ``/proc/PID/environ`` no longer shows it, while SIGHUP reloads and PKCS#11 re-logins
 after a token fault still find it. A file is read each time it is needed (first line,
 so a rotated PIN file is picked up on reload); a file readable by group or others is
-warned about once, naming the file, never its content.
+warned about once, naming the file, never its content. So is the packaged user unit's
+environment file (``~/.config/secretivex/env``) when a variable is taken.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 #: Values taken out of the environment, by variable name (process-wide, so a store
 #: rebuilt by a reload finds what an earlier one took).
 _TAKEN: dict[str, bytes] = {}
+#: The packaged systemd user unit's ``EnvironmentFile=-%h/.config/secretivex/env``.
+UNIT_ENVIRONMENT_FILE = Path("~/.config/secretivex/env")
 #: (path, mode) pairs already warned about, so reloads do not repeat the warning.
 _WARNED: set[tuple[str, int]] = set()
 
@@ -99,6 +102,9 @@ class SecretSource:
         self.what = what
         if self.env:
             take_from_environment(self.env)
+            # The packaged user unit loads it from this file (EnvironmentFile=): created
+            # with the usual umask it is 0644, the PIN readable by every local user.
+            warn_if_exposed(UNIT_ENVIRONMENT_FILE.expanduser(), "environment file")
 
     def __call__(self) -> bytes:
         if self.env:

@@ -387,6 +387,50 @@ def test_credentials_need_system_mode_and_valid_names(nix_eval: Eval) -> None:
     assert "bad/name" in messages
 
 
+def test_secrets_in_settings_fail_evaluation_without_being_shown(nix_eval: Eval) -> None:
+    """Settings land in /nix/store, readable by every user: a PIN where its variable's
+    name belongs, a `pin` key, or a PIN file in the store is refused before anything is
+    built, and the messages never repeat the value (build logs, CI)."""
+    stores = [
+        {"type": "pkcs11", "module": "/m.so", "pin_env": "424242-secret"},
+        {"type": "pkcs11", "module": "/m.so", "pin_env": 73515151},
+        {"type": "pkcs11", "module": "/m.so", "pin": "990011-secret"},
+        {"type": "file", "paths": ["/k"], "passphrase": "hunter2-secret"},
+        {"type": "file", "paths": ["/k"], "passphrase_file": "/nix/store/0000-pw"},
+        {"type": "pkcs11", "module": "/m.so", "pin_env": "SECRETIVEX_PKCS11_PIN"},
+    ]
+    out = evaluate(nix_eval, {"enable": True, "settings": {"stores": stores}})
+    messages = "\n".join(out["failedAssertions"])
+    for index, key in enumerate(["pin_env", "pin_env", "pin", "passphrase", "passphrase_file"]):
+        assert f"settings.stores[{index}].{key}" in messages, messages
+    assert "stores[5]" not in messages
+    for secret in ("424242", "73515151", "990011", "hunter2"):
+        assert secret not in messages
+    system = {**SHARED, "credentials": {"pin": "/nix/store/0000-pin"}}
+    out = evaluate(nix_eval, system)
+    assert any("credentials: a file in the Nix store" in m for m in out["failedAssertions"])
+    assert evaluate(nix_eval, {**SHARED})["failedAssertions"] == []
+
+
+@pytest.mark.parametrize("mode", ["user", "system"])
+def test_a_pin_variable_in_the_units_environment_fails_evaluation(
+    nix_eval: Eval, mode: str
+) -> None:
+    """`systemd.services.secretivex.environment.PIN = "..."` writes the PIN into the
+    unit file in /nix/store (and `systemctl show` shows it to every user)."""
+    store = {"type": "pkcs11", "module": "/m.so", "pin_env": "SECRETIVEX_PKCS11_PIN"}
+    cfg = {"enable": True, "mode": mode, "settings": {"stores": [store]}}
+    services = {"secretivex": {"environment": {"SECRETIVEX_PKCS11_PIN": "424242-secret"}}}
+    world = {
+        "systemd": {"user": {"services": services}} if mode == "user" else {"services": services}
+    }
+    out = evaluate(nix_eval, cfg, world)
+    messages = " | ".join(out["failedAssertions"])
+    assert "SECRETIVEX_PKCS11_PIN (named by pin_env/passphrase_env)" in messages, messages
+    assert "424242" not in messages
+    assert evaluate(nix_eval, cfg)["failedAssertions"] == []
+
+
 def test_relative_listener_socket_is_refused(nix_eval: Eval) -> None:
     cfg = {**SHARED, "settings": {"listeners": [{"socket": "team.sock"}]}}
     out = evaluate(nix_eval, cfg)

@@ -21,6 +21,7 @@ from secretivex.config.isolated import (
     _encode,
     _loads,
     load_in_subprocess,
+    loader_environment,
     start_load,
 )
 from secretivex.config.matchers import parse_matcher
@@ -160,6 +161,41 @@ def test_a_reload_runs_in_a_fresh_interpreter_with_the_same_environment(
     settings, warnings = load_in_subprocess(request)
     assert (settings, warnings) == request.load()
     assert settings.agent.profile == "pssh" and settings.agent.max_signers == 3
+
+
+def test_the_reload_loader_gets_only_what_a_config_load_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loader is a dumpable process of the agent's uid: a PIN variable (for a store
+    the new config adds) or another secret of the agent's environment stays behind,
+    while every variable the load reads still gets through."""
+    from secretivex.config.isolated import _SECTIONS
+    from secretivex.config.loader import SECTIONS
+
+    assert set(_SECTIONS) == set(SECTIONS)
+    env = {
+        "HOME": "/h",
+        "XDG_CONFIG_HOME": "/h/c",
+        "XDG_RUNTIME_DIR": "/r",
+        "LC_ALL": "C",
+        "SECRETIVEX_CONFIG": "/c.yaml",
+        "SECRETIVEX_AGENT__MAX_SIGNERS": "3",
+        "SECRETIVEX_STORES": "[]",
+        "SECRETIVEX_AGENT_MAX_SIGNERS": "3",  # misspelt: still warned about on reload
+        "SECRETIVEX_PKCS11_PIN": "1234",
+        "SECRETIVEX_KEY_PASSPHRASE": "hunter2",
+        "AWS_SECRET_ACCESS_KEY": "x",
+    }
+    kept = loader_environment(env)
+    assert set(env) - set(kept) == {
+        "SECRETIVEX_PKCS11_PIN",
+        "SECRETIVEX_KEY_PASSPHRASE",
+        "AWS_SECRET_ACCESS_KEY",
+    }
+    request = _request(tmp_path, "agent:\n  profile: pssh\n")
+    monkeypatch.setenv("SECRETIVEX_AGENT_MAX_SIGNERS", "3")
+    monkeypatch.setenv("SECRETIVEX_PKCS11_PIN", "1234")
+    assert load_in_subprocess(request) == request.load()
 
 
 def test_a_loader_that_dies_is_a_loader_error_not_a_config_error(
