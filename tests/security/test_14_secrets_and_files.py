@@ -25,7 +25,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from pathlib import Path
 import pytest
 from harness import SECRETIVEX, keygen, require_tool, run, running_agent, start_agent
 from sec_a_helpers import wait_until
+from sec_c_helpers import shared_dir
 
 try:
     from tests.integration.softhsm import SoftHsm, require_softhsm
@@ -70,12 +70,8 @@ def _children(pid: int) -> list[int]:
 @pytest.fixture
 def shared_tmp() -> Iterator[Path]:
     """A directory other uids can traverse (pytest's tmp dirs are 0700 root)."""
-    d = Path(tempfile.mkdtemp(prefix="secretivex-sweep2-", dir="/tmp"))
-    d.chmod(0o755)
-    try:
+    with shared_dir() as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _as_nobody(*argv: str) -> list[str]:
