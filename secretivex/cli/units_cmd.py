@@ -159,7 +159,9 @@ def enable_socket() -> None:
             reason = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[0]
             raise InstallError(
                 f"systemctl --user {' '.join(args)} failed: {reason} (is there a user "
-                "session? `loginctl enable-linger $USER` starts one without a login)"
+                "session? `loginctl enable-linger $USER` starts one without a login); "
+                "the units are written: once it runs, `secretivex install-units --user` "
+                "again enables them"
             )
 
 

@@ -471,6 +471,39 @@ class SecretivexContainer(DockerContainer):
             f"({reason}): {_build_hint(self.image)}"
         )
 
+    def _ensure_reaper_image(self) -> None:
+        """testcontainers starts its reaper (Ryuk) before the first container, pulling
+        its image from Docker Hub: where there is no registry that is the engine's raw
+        500 from deep inside testcontainers. Say what to do instead."""
+        import docker.errors
+        from testcontainers.core.config import testcontainers_config
+        from testcontainers.core.container import Reaper
+
+        if testcontainers_config.ryuk_disabled or Reaper._instance is not None:
+            return
+        image = testcontainers_config.ryuk_image
+        client = self.get_docker_client().client
+        try:
+            client.images.get(image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        except docker.errors.APIError:
+            return  # the engine will say what is wrong when the reaper starts
+        try:
+            client.images.pull(image)
+            return
+        except docker.errors.APIError as exc:
+            detail = str(getattr(exc, "explanation", None) or exc).strip().splitlines()
+            reason = detail[0] if detail else type(exc).__name__
+        raise ImageNotFoundError(
+            f"testcontainers' reaper image {image!r} (Ryuk) is not on the Docker engine and "
+            f"pulling it failed ({reason}): without a registry set "
+            "TESTCONTAINERS_RYUK_DISABLED=true (cleanup then rests on stop(), which the "
+            'pytest fixtures call; docs/testing.md: "Cleanup without Ryuk"), or load '
+            f"{image} into the engine"
+        )
+
     def start(self) -> SecretivexContainer:
         """Start the container and wait until the agent lists the expected keys.
 
@@ -480,6 +513,7 @@ class SecretivexContainer(DockerContainer):
         """
         try:
             self._ensure_image()
+            self._ensure_reaper_image()
             super().start()
         except BaseException:
             self.stop()

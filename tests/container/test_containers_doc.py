@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from containerlib import DEV_IMAGE
+from containerlib import DEV_IMAGE, SOFTHSM_IMAGE
 from harness import keygen, require_tool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,10 +21,21 @@ DOC = REPO / "docs" / "containers.md"
 IMAGE = os.environ.get("SECRETIVEX_TEST_DOC_IMAGE", DEV_IMAGE)
 
 
-def recipe() -> str:
-    text = DOC.read_text()
+def recipes() -> list[str]:
+    """Every block marked for this file, in the doc's order."""
     marker = "<!-- test: tests/container/test_containers_doc.py runs this block"
-    return text.split(marker, 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    parts = DOC.read_text().split(marker)[1:]
+    return [part.split("```sh\n", 1)[1].split("```", 1)[0] for part in parts]
+
+
+def recipe() -> str:
+    return recipes()[0]
+
+
+def recipe_with(needle: str) -> str:
+    found = [block for block in recipes() if needle in block]
+    assert len(found) == 1, f"one marked block with {needle!r} in {DOC}"
+    return found[0]
 
 
 @pytest.fixture
@@ -118,3 +129,65 @@ def test_nested_keys_mount_under_read_only_config_fails_as_the_doc_says(
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
+
+
+@pytest.fixture
+def volumes() -> Iterator[list[str]]:
+    made: list[str] = []
+    yield made
+    for name in made:
+        subprocess.run(["docker", "volume", "rm", "-f", name], capture_output=True, timeout=60)
+
+
+def test_own_uid_recipe_runs_as_written(
+    docker_ready: None, tmp_path: Path, names: list[str]
+) -> None:
+    """ "As your own uid": typed right after `docker run -d`, `ssh-add -l` must find the
+    agent listening (the recipe waits for it), with the token's generated keys."""
+    require_tool("ssh-add")
+    name = f"sx-doc-own-{uuid.uuid4().hex[:8]}"
+    names.append(name)
+    script = recipe_with('--user "$(id -u):$(id -g)"')
+    script = script.replace("--name secretivex ", f"--name {name} ")
+    script = script.replace("docker exec secretivex ", f"docker exec {name} ")
+    script = script.replace("secretivex:softhsm", SOFTHSM_IMAGE)
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "XDG_RUNTIME_DIR": str(xdg)}
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    kinds = [line.rsplit(" ", 1)[-1] for line in result.stdout.splitlines() if "SHA256:" in line]
+    assert kinds == ["(ED25519)", "(ECDSA)", "(RSA)"], result.stdout
+
+
+def test_softhsm_recipe_runs_as_written(
+    docker_ready: None, tmp_path: Path, names: list[str], volumes: list[str]
+) -> None:
+    """ "With a SoftHSM token", on the first recipe's socket directory."""
+    require_tool("ssh-add")
+    suffix = uuid.uuid4().hex[:8]
+    name, volume = f"sx-doc-hsm-{suffix}", f"sx-doc-tokens-{suffix}"
+    names.append(name)
+    volumes.append(volume)
+    run = tmp_path / "run"
+    run.mkdir()
+    os.chown(run, 10001, 10001)  # as the first recipe makes it
+    script = recipe_with("secretivex-tokens")
+    script = script.replace("-v /run/secretivex:", f"-v {run}:")
+    script = script.replace("SSH_AUTH_SOCK=/run/secretivex/", f"SSH_AUTH_SOCK={run}/")
+    script = script.replace("secretivex-tokens", volume)
+    script = script.replace("secretivex-hsm ", f"{name} ")
+    script = script.replace("secretivex:softhsm", SOFTHSM_IMAGE)
+    assert "/run/secretivex:/run/secretivex" not in script
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    keys = [line.split()[0] + " " + line.split()[-1] for line in result.stdout.splitlines()
+            if line.startswith(("ssh-", "ecdsa-"))]  # fmt: skip
+    assert keys == ["ssh-ed25519 ci-deploy", "ecdsa-sha2-nistp256 p256", "ssh-rsa rsa3072"], (
+        result.stdout
+    )

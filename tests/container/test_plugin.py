@@ -119,6 +119,22 @@ def _docs_example() -> str:
     return match.group(1)
 
 
+def _docs_one_line_example() -> str:
+    text = (REPO / "docs" / "testing.md").read_text()
+    marker = "<!-- one-line-example: tests/container/test_plugin.py runs it"
+    assert marker in text, "docs/testing.md lost its one-line example marker"
+    return text.split(marker, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.container
+def test_docs_one_line_example_passes(docker_ready: None, tmp_path: Path) -> None:
+    """docs/testing.md's "In one line", pasted into a downstream project as is."""
+    project = _project(tmp_path, _docs_one_line_example())
+    result = _pytest(project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+
+
 @pytest.mark.container
 def test_docs_downstream_example_passes(docker_ready: None, tmp_path: Path) -> None:
     """The sshd + git example of docs/testing.md, run as a downstream project would."""

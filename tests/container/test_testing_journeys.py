@@ -82,3 +82,30 @@ def test_session_agent_is_keyed_on_options(docker_ready: None, tmp_path: Path) -
     assert result.returncode == 0, result.stdout + result.stderr
     sockets = dict(line.split(" ", 1) for line in out.read_text().splitlines())
     assert sockets["a"] == sockets["c"] != sockets["b"], textwrap.indent(out.read_text(), "  ")
+
+
+def test_unpullable_reaper_image_says_to_disable_ryuk(docker_ready: None) -> None:
+    """Ryuk left on (testcontainers' default) on an engine that cannot pull its image:
+    one error naming TESTCONTAINERS_RYUK_DISABLED, not the engine's raw 500 from inside
+    testcontainers. (A fresh process: testcontainers reads its settings at import.)"""
+    code = textwrap.dedent(
+        f"""\
+        from secretivex.testing import ImageNotFoundError, SecretivexContainer
+        try:
+            SecretivexContainer({SOFTHSM_IMAGE!r}, keys=()).start()
+        except ImageNotFoundError as exc:
+            print("MESSAGE", exc)
+        else:
+            raise SystemExit("started with a reaper image nobody can pull")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TESTCONTAINERS_")}
+    env["RYUK_CONTAINER_IMAGE"] = "secretivex-journeys/no-such-ryuk:0"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    message = result.stdout.split("MESSAGE ", 1)[1]
+    assert "secretivex-journeys/no-such-ryuk:0" in message
+    assert "TESTCONTAINERS_RYUK_DISABLED=true" in message
+    assert "500 Server Error" not in message

@@ -242,3 +242,25 @@ def test_prompt_timeout_is_a_store_error(tmp_path: Path, hsm: SoftHsm, token: To
     with running_agent(tmp_path, "--config", str(cfg), env={"SOFTHSM2_CONF": str(hsm.conf)}) as a:
         assert wait_until(lambda: "no answer within 0.5 s" in health(a)[0])
         assert len(calls(tmp_path)) == 1
+
+
+def test_prompt_without_a_selector_names_the_token_it_found(tmp_path: Path) -> None:
+    """docs/pkcs11.md's workstation example (no token_label: a single YubiKey): the
+    question names the token the store found, as the doc shows, not "first token"."""
+    hsm = SoftHsm.create(tmp_path / "softhsm")
+    token = hsm.init_token(pin=PIN)
+    token.generate("EC:edwards25519", key_id="01", label="prompted-ed")
+    answer = tmp_path / "answer"
+    answer.write_text(PIN + "\n")
+    askpass = askpass_script(tmp_path, answer_file=answer)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"stores:\n  - type: pkcs11\n    module: {hsm.module}\n    pin_prompt: true\n")
+    env = {"SOFTHSM2_CONF": str(hsm.conf), "SSH_ASKPASS": str(askpass)}
+    with running_agent(tmp_path, "--config", str(cfg), env=env) as agent:
+        assert wait_until(lambda: "prompted-ed" in agent.ssh_add("-l", check=False).stdout)
+    recorded = calls(tmp_path)
+    assert len(recorded) == 1, recorded
+    serial = hsm.serial_of(token.label)
+    expected = f"Enter PIN for token '{token.label}' (serial {serial}) (store pkcs11-0): "
+    assert f"prompt={expected}|" in recorded[0], recorded[0]
+    assert f"pp={expected}" in recorded[0], recorded[0]

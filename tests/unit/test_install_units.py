@@ -94,6 +94,10 @@ def test_without_user_manager_the_systemctl_error_is_one_clear_line(tmp_path: Pa
     last = result.stderr.splitlines()[-1]
     assert last.startswith("secretivex: systemctl --user daemon-reload failed: Failed to connect")
     assert "loginctl enable-linger" in last
+    # ... and what to run once there is one (the files are there already).
+    assert last.endswith(
+        "the units are written: once it runs, `secretivex install-units --user` again enables them"
+    ), last
     assert (tmp_path / "config" / "systemd" / "user" / "secretivex.socket").exists()
 
 

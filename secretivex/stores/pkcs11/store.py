@@ -94,6 +94,12 @@ class _Found:
 class _NeedPin(Exception):
     """Module thread: the token is there and wants a PIN that must be asked for first."""
 
+    def __init__(self, label: str, serial: str) -> None:
+        super().__init__(label, serial)
+        #: the token found, so that the question names it (not just the selector)
+        self.label = label
+        self.serial = serial
+
 
 @dataclass(eq=False)
 class _Token:
@@ -521,8 +527,10 @@ class Pkcs11Store(KeyStore):
             pin = None if self._pin.asks else await self._pin.read(self._who())
             try:
                 found = await worker.call(self._open_sync, pin, automatic)
-            except _NeedPin:
-                pin = await self._pin.read(self._who())
+            except _NeedPin as need:
+                pin = await self._pin.read(
+                    f"token {need.label!r} (serial {need.serial}) (store {self.name})"
+                )
                 found = await worker.call(self._open_sync, pin, automatic)
         except (PinProblem, PinPromptFailed) as exc:
             self._move(TokenEvent.PIN_REFUSED, str(exc))
@@ -603,7 +611,7 @@ class Pkcs11Store(KeyStore):
             logged_in = True
             worker.logins[slot_id] += 1
         elif pin is None and self._pin.asks:
-            raise _NeedPin()
+            raise _NeedPin(token.label, serial_of(token))
         elif pin is None:
             session = token.open()
         elif flags & TokenFlag.USER_PIN_LOCKED:
