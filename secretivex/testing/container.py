@@ -450,52 +450,47 @@ class SecretivexContainer(DockerContainer):
     def _ensure_image(self) -> None:
         """Fail with a how-to instead of the engine's raw 404/500 when the image is
         missing and cannot be pulled."""
+        reason = self._unavailable(self.image)
+        if reason is not None:
+            raise ImageNotFoundError(
+                f"image {self.image!r} is not on the Docker engine and pulling it failed "
+                f"({reason}): {_build_hint(self.image)}"
+            )
+
+    def _unavailable(self, image: str) -> str | None:
+        """Why ``image`` is neither on the engine nor pullable (the engine's first line),
+        or None when it is there, was pulled, or the engine failed otherwise (it then
+        says what is wrong when the container starts)."""
         import docker.errors  # type: ignore[import-not-found]  # testcontainers' dependency
 
         client = self.get_docker_client().client
         try:
-            client.images.get(self.image)
-            return
+            client.images.get(image)
+            return None
         except docker.errors.ImageNotFound:
             pass
         except docker.errors.APIError:
-            return  # the engine will say what is wrong when the container starts
+            return None
         try:
-            client.images.pull(self.image)
-            return
+            client.images.pull(image)
+            return None
         except docker.errors.APIError as exc:
             detail = str(getattr(exc, "explanation", None) or exc).strip().splitlines()
-            reason = detail[0] if detail else type(exc).__name__
-        raise ImageNotFoundError(
-            f"image {self.image!r} is not on the Docker engine and pulling it failed "
-            f"({reason}): {_build_hint(self.image)}"
-        )
+            return detail[0] if detail else type(exc).__name__
 
     def _ensure_reaper_image(self) -> None:
         """testcontainers starts its reaper (Ryuk) before the first container, pulling
         its image from Docker Hub: where there is no registry that is the engine's raw
         500 from deep inside testcontainers. Say what to do instead."""
-        import docker.errors
         from testcontainers.core.config import testcontainers_config
         from testcontainers.core.container import Reaper
 
         if testcontainers_config.ryuk_disabled or Reaper._instance is not None:
             return
         image = testcontainers_config.ryuk_image
-        client = self.get_docker_client().client
-        try:
-            client.images.get(image)
+        reason = self._unavailable(image)
+        if reason is None:
             return
-        except docker.errors.ImageNotFound:
-            pass
-        except docker.errors.APIError:
-            return  # the engine will say what is wrong when the reaper starts
-        try:
-            client.images.pull(image)
-            return
-        except docker.errors.APIError as exc:
-            detail = str(getattr(exc, "explanation", None) or exc).strip().splitlines()
-            reason = detail[0] if detail else type(exc).__name__
         raise ImageNotFoundError(
             f"testcontainers' reaper image {image!r} (Ryuk) is not on the Docker engine and "
             f"pulling it failed ({reason}): without a registry set "

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -127,18 +128,17 @@ def _docs_one_line_example() -> str:
 
 
 @pytest.mark.container
-def test_docs_one_line_example_passes(docker_ready: None, tmp_path: Path) -> None:
-    """docs/testing.md's "In one line", pasted into a downstream project as is."""
-    project = _project(tmp_path, _docs_one_line_example())
+@pytest.mark.parametrize(
+    ("example", "outcome"),
+    [(_docs_one_line_example, "1 passed"), (_docs_example, "2 passed")],
+    ids=["one-line", "sshd-and-git"],
+)
+def test_docs_examples_pass_in_a_downstream_project(
+    docker_ready: None, tmp_path: Path, example: Callable[[], str], outcome: str
+) -> None:
+    """docs/testing.md's "In one line" and its sshd + git example, pasted into a
+    downstream project as they are."""
+    project = _project(tmp_path, example())
     result = _pytest(project)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 passed" in result.stdout
-
-
-@pytest.mark.container
-def test_docs_downstream_example_passes(docker_ready: None, tmp_path: Path) -> None:
-    """The sshd + git example of docs/testing.md, run as a downstream project would."""
-    project = _project(tmp_path, _docs_example())
-    result = _pytest(project)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 passed" in result.stdout
+    assert outcome in result.stdout
