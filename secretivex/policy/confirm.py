@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import anyio
 
 from secretivex.children import kill_process_group, minimal_environment
-from secretivex.keys.listed import listed_comment
 from secretivex.outcomes import ConfirmOutcome
 
 log = logging.getLogger(__name__)
@@ -42,6 +41,10 @@ def shown(text: str, limit: int | None = None) -> str:
     a line of the peer's choosing in the prompt, an escape would reach a terminal),
     bidirectional overrides and the chain's own arrow become ``?``; cut to ``limit``
     characters with an ellipsis. Key comments are capped as listings cap them."""
+    # Imported here, as the stores that list foreign keys do: its unicodedata has no
+    # place in an agent that never prompts (docs/performance.md, idle RSS).
+    from secretivex.keys.listed import listed_comment
+
     cleaned = listed_comment(text).replace("\u2190", "?")
     if limit is not None and len(cleaned) > limit:
         cleaned = cleaned[: limit - 1] + "\u2026"

@@ -147,11 +147,13 @@ def test_the_agent_fast_path_takes_plain_starts_and_leaves_the_rest_to_typer() -
 #: Never in the agent process: the config is validated in a short-lived child
 #: (secretivex.config.isolated), plain starts skip the CLI framework; bcrypt's extension
 #: waits for an encrypted key or a lock (secretivex.agent.lazy_bcrypt); hashlib's
-#: OpenSSL digests for a lock (fingerprints hash with cryptography).
+#: OpenSSL digests for a lock (fingerprints hash with cryptography); the foreign-key
+#: checks (keys.listed, unicodedata) for an upstream or token store, or a prompt.
 NOT_IN_THE_AGENT_PROCESS = ("pydantic", "pydantic_core", "yaml", "typer", "click", "rich",
                             "secretivex.config.models", "secretivex.config.loader",
                             "importlib.metadata", "pickle", "bcrypt._bcrypt",
-                            "_hashlib")  # fmt: skip
+                            "_hashlib", "secretivex.keys.listed",
+                            "unicodedata")  # fmt: skip
 
 #: Runs the CLI like the console script and, when this process (not the config
 #: loader it forks) exits, writes the modules it imported.
