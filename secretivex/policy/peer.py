@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import struct
@@ -103,13 +104,23 @@ def executable(pid: int) -> str:
         exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         return ""
+    ours = _own_mount_namespace()
     try:
         theirs = os.readlink(f"/proc/{pid}/ns/mnt")
-        if theirs != os.readlink("/proc/self/ns/mnt"):
-            return f"{exe} (in mount namespace {theirs})"
     except OSError:
-        pass
+        return exe
+    if ours and theirs != ours:
+        return f"{exe} (in mount namespace {theirs})"
     return exe
+
+
+@functools.cache
+def _own_mount_namespace() -> str:
+    """The agent's mount namespace (it never changes it): read once, "" if unknown."""
+    try:
+        return os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        return ""
 
 
 def process_chain(pid: int, depth: int = 8) -> list[str]:
