@@ -608,7 +608,7 @@ def _problems_from_validation(
         source = origin.source if origin else "config"
         line = origin.line if origin else None
         column = origin.column if origin and exact else None
-        key = format_key_path(loc)
+        key = format_key_path(_shown_path(loc))
         if (key, message) in seen:
             return
         seen.add((key, message))
@@ -659,6 +659,21 @@ def _locate(loc: KeyPath, origins: Mapping[KeyPath, Origin]) -> tuple[Origin | N
 _NEAR_SECRET = re.compile(r"(^|_)(pin|passphrase|password|secret)(_|$)")
 
 
+#: An unknown key is repeated in a problem only when it looks like a key someone meant
+#: (a typo); anything else is a file's content read as YAML (a line of ``/etc/shadow``
+#: ends in ``:``, so it parses as a key), which ``config validate`` run through sudo, or
+#: an agent's start-up error in the journal, must not print.
+_KEY_LIKE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def _shown_path(loc: KeyPath) -> KeyPath:
+    """``loc`` up to its first part that is not key-like (``_KEY_LIKE``)."""
+    for index, part in enumerate(loc):
+        if isinstance(part, str) and not _KEY_LIKE.fullmatch(part):
+            return loc[:index]
+    return loc
+
+
 class _Hidden:
     """Stands for a value a problem must not repeat."""
 
@@ -678,7 +693,13 @@ def _describe_error(
     if kind == "extra_forbidden" and loc:
         allowed = _allowed_keys(loc[:-1], merged)
         what = "section" if len(loc) == 1 else "key"
-        return loc, _unknown_key_message(str(loc[-1]), allowed, what)
+        name = str(loc[-1])
+        if not _KEY_LIKE.fullmatch(name):
+            return loc, (
+                f"unknown {what} whose name is not a config key's "
+                f"({len(name)} characters; not repeated: it may be a file's content)"
+            )
+        return loc, _unknown_key_message(name, allowed, what)
     if kind == "missing":
         return loc, "required key is missing"
     if kind == "union_tag_not_found":

@@ -81,6 +81,29 @@ def test_validate_broken_file_one_line_per_problem(system: ConfigPaths, tmp_path
     assert "Traceback" not in result.output
 
 
+def test_validate_never_repeats_a_files_content_as_a_key(
+    system: ConfigPaths, tmp_path: Path
+) -> None:
+    """A line of /etc/shadow ends in ':', so YAML reads it as a key. Through sudo (or in
+    an agent's start-up error in the journal) the unknown "section" would print the
+    hash; a name no config key could have is not repeated. A typo still is."""
+    shadow = write(
+        tmp_path / "shadow",
+        "root:$6$rounds=5000$saltsalt$HASHhashHASH:19000:0:99999:7:::\n"
+        "agent:\n  profil: pssh\n  Bad key/$x: 1\n",
+    )
+    result = run("validate", str(shadow))
+    assert result.exit_code == 2
+    assert result.stdout.splitlines() == [
+        f"{shadow}:1:1: unknown section whose name is not a config key's (59 characters; "
+        "not repeated: it may be a file's content)",
+        f"{shadow}:3: agent.profil: unknown key 'profil' - did you mean 'profile'?",
+        f"{shadow}:4: agent: unknown key whose name is not a config key's (10 characters; "
+        "not repeated: it may be a file's content)",
+    ]
+    assert "HASH" not in result.output and "$x" not in result.output
+
+
 def test_validate_several_files_each_on_its_own(system: ConfigPaths, tmp_path: Path) -> None:
     a = write(tmp_path / "a.yaml", "listeners:\n  - socket: /run/x.sock\n")
     b = write(tmp_path / "b.yaml", "listeners:\n  - socket: /run/x.sock\n")
