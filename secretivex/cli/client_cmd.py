@@ -144,7 +144,7 @@ def sign_cmd(
     from fnmatch import fnmatchcase
 
     from secretivex.bench.runner import parse_flags
-    from secretivex.client._common import check_signature
+    from secretivex.client import check_signature
     from secretivex.keys.blobs import safe_type_name
     from secretivex.keys.identity import blob_type
     from secretivex.protocol import MAX_MESSAGE_SIZE

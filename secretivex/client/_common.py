@@ -38,6 +38,7 @@ __all__ = [
     "HEALTH_EXTENSION",
     "AgentIdentity",
     "build_add_identity",
+    "can_verify",
     "check_signature",
     "connect_error_message",
     "decode_health",
@@ -146,6 +147,19 @@ def build_add_identity(
     key_type, fields = key_to_wire(key)
     text = key.comment if comment is None else comment
     return AddIdentity(WirePrivateKey(key_type, tuple(fields)), text, constraints)
+
+
+def can_verify(key_blob: bytes) -> bool:
+    """True when :func:`check_signature` can check signatures by this key (Ed25519,
+    ECDSA, RSA and certificates of them; not security keys or DSA)."""
+    from secretivex.keys import KeyFormatError
+    from secretivex.keys.blobs import public_key_from_blob
+
+    try:
+        public_key_from_blob(bytes(key_blob))
+    except KeyFormatError:
+        return False
+    return True
 
 
 def check_signature(key_blob: bytes, data: bytes, flags: int, signature: bytes) -> str:

@@ -412,3 +412,40 @@ def test_15_bench_counts_an_out_of_bounds_frame_as_a_protocol_error(
         finally:
             engine.close()
     assert counts.protocol_error == 1 and counts.request_timeouts == 0, counts.as_dict()
+
+
+# -- the upstream store (secretivex as a proxy in front of a hostile agent) -----------
+
+
+@pytest.mark.parametrize(
+    ("key", "answer", "flags"),
+    [
+        (KEY, lambda p: sign_response(OTHER.sign(parse_sign_request(p)[1])), 0),
+        (KEY, lambda p: sign_response(b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x00"), 0),
+        (RSA_KEY, _rsa_sha1, 4),
+    ],
+    ids=["another-key", "junk", "sha1-downgrade"],
+)
+def test_15_upstream_store_never_passes_on_a_bad_signature(
+    tmp_path: Path, key: SoftwareKey, answer: Callable[[bytes], bytes], flags: int
+) -> None:
+    """A real agent whose ``upstream`` store points at a hostile agent: a signature the
+    upstream made with another key, junk, or SHA-1 where rsa-sha2-512 was asked is a
+    FAILURE to the client, never passed on as this key's signature."""
+    from harness import running_agent
+
+    from secretivex.client import AgentFailure, SyncAgentClient
+
+    upstream = tmp_path / "up.sock"
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"stores:\n  - type: upstream\n    name: up\n    socket: {upstream}\n"
+        "    timeout_ms: 5000\n"
+    )
+    with HostileAgent(upstream, _answers(identities((key.public_blob, "up-key")), answer)):
+        with running_agent(tmp_path, "--config", str(config)) as agent:
+            with SyncAgentClient.connect(agent.socket) as client:
+                listed = [i.blob for i in client.list_identities()]
+                assert listed == [key.public_blob], listed
+                with pytest.raises(AgentFailure):
+                    client.sign(key.public_blob, b"data", flags)
