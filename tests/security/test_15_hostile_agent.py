@@ -449,3 +449,49 @@ def test_15_upstream_store_never_passes_on_a_bad_signature(
                 assert listed == [key.public_blob], listed
                 with pytest.raises(AgentFailure):
                     client.sign(key.public_blob, b"data", flags)
+
+
+# -- bench run against a hostile agent ------------------------------------------------
+
+
+def _honest_signs(comment: str) -> Script:
+    return _answers(
+        identities((KEY.public_blob, comment)),
+        lambda p: sign_response(KEY.sign(parse_sign_request(p)[1])),
+    )
+
+
+def test_15_bench_text_report_escapes_the_agents_key_comment(tmp_path: Path) -> None:
+    sock = tmp_path / "a.sock"
+    with HostileAgent(sock, _honest_signs(NASTY)):
+        code, out = _on_a_terminal(
+            [SECRETIVEX, "bench", "run", "--socket", str(sock), "-c", "1", "-n", "3",
+             "--warmup", "0", "--no-progress"]
+        )  # fmt: skip
+    assert code == 0, out
+    for raw in RAW_CONTROL:
+        assert raw not in out, (raw, out)
+    assert b"key: ssh-ed25519 " + KEY.fingerprint.encode() + b" \\x1b]0;owned" in out
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda p: sign_response(OTHER.sign(parse_sign_request(p)[1])),
+        lambda p: framed(b"\x0e\x00\x00\x00\xff"),
+        lambda p: b"\xff\xff\xff\xff",
+    ],
+    ids=["another-key", "truncated", "length-2^32-1"],
+)
+def test_15_bench_run_hostile_preflight_is_one_line(
+    tmp_path: Path, answer: Callable[[bytes], bytes]
+) -> None:
+    """bench run's preflight sign against a lying agent: one line, exit 1."""
+    sock = tmp_path / "a.sock"
+    with HostileAgent(sock, _answers(identities((KEY.public_blob, "k")), answer)):
+        proc = run(
+            [SECRETIVEX, "bench", "run", "--socket", str(sock), "-c", "1", "-n", "3",
+             "--no-progress"],
+            check=False, timeout=120,
+        )  # fmt: skip
+    _one_clean_error_line(proc)
