@@ -439,16 +439,18 @@ def test_15_upstream_store_never_passes_on_a_bad_signature(
     upstream = tmp_path / "up.sock"
     config = tmp_path / "agent.yaml"
     config.write_text(
-        f"stores:\n  - type: upstream\n    name: up\n    socket: {upstream}\n"
-        "    timeout_ms: 5000\n"
+        f"stores:\n  - type: upstream\n    name: up\n    socket: {upstream}\n    timeout_ms: 5000\n"
     )
-    with HostileAgent(upstream, _answers(identities((key.public_blob, "up-key")), answer)):
-        with running_agent(tmp_path, "--config", str(config)) as agent:
-            with SyncAgentClient.connect(agent.socket) as client:
-                listed = [i.blob for i in client.list_identities()]
-                assert listed == [key.public_blob], listed
-                with pytest.raises(AgentFailure):
-                    client.sign(key.public_blob, b"data", flags)
+    script = _answers(identities((key.public_blob, "up-key")), answer)
+    with (
+        HostileAgent(upstream, script),
+        running_agent(tmp_path, "--config", str(config)) as agent,
+        SyncAgentClient.connect(agent.socket) as client,
+    ):
+        listed = [i.blob for i in client.list_identities()]
+        assert listed == [key.public_blob], listed
+        with pytest.raises(AgentFailure):
+            client.sign(key.public_blob, b"data", flags)
 
 
 # -- bench run against a hostile agent ------------------------------------------------
@@ -495,3 +497,42 @@ def test_15_bench_run_hostile_preflight_is_one_line(
             check=False, timeout=120,
         )  # fmt: skip
     _one_clean_error_line(proc)
+
+
+# -- the testcontainers readiness check -----------------------------------------------
+
+
+def test_15_readiness_wait_never_outlasts_its_startup_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Something on the socket that accepts and never answers: each readiness attempt
+    is bounded by what is left of the startup timeout (it used to wait 10 s per try)."""
+    from datetime import timedelta
+
+    from secretivex.client import SyncAgentClient
+    from secretivex.testing import container as module
+
+    asked: list[float | None] = []
+    real_connect = SyncAgentClient.connect
+
+    def recording_connect(path: object, timeout: object = None, response_timeout: object = None):  # type: ignore[no-untyped-def]
+        asked.append(response_timeout)  # type: ignore[arg-type]
+        return real_connect(path, timeout, response_timeout)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module.SyncAgentClient, "connect", staticmethod(recording_connect))
+
+    class Running:
+        status = "running"
+
+        def reload(self) -> None:
+            pass
+
+        def get_logs(self) -> tuple[bytes, bytes]:
+            return b"", b""
+
+    sock = tmp_path / "a.sock"
+    strategy = module.AgentSocketWaitStrategy(sock, expected_keys=1)
+    strategy.with_startup_timeout(timedelta(seconds=1))
+    with HostileAgent(sock, None), pytest.raises(module.AgentNotReadyError):
+        strategy.wait_until_ready(Running())  # type: ignore[arg-type]
+    assert asked and all(t is not None and t <= 1.0 for t in asked), asked
