@@ -144,7 +144,7 @@ def sign_cmd(
     from fnmatch import fnmatchcase
 
     from secretivex.bench.runner import parse_flags
-    from secretivex.client import check_signature
+    from secretivex.client import can_verify, check_signature
     from secretivex.keys.blobs import safe_type_name
     from secretivex.keys.identity import blob_type
     from secretivex.protocol import MAX_MESSAGE_SIZE
@@ -181,6 +181,12 @@ def sign_cmd(
             names = ", ".join(f"{i.comment} ({i.fingerprint})" for i in found)
             fail(f"--comment {comment!r} matches {len(found)} keys: {names}")
         identity = found[0]
+        if not no_verify and not can_verify(identity.blob):
+            # Said before signing: a security key would be touched for nothing.
+            fail(
+                f"cannot verify signatures by {identity.key_type} keys: add --no-verify to "
+                "output the agent's answer unchecked"
+            )
         signature = agent.sign(identity.blob, payload, flag_value)
     if no_verify:
         algorithm = safe_type_name(blob_type(signature))

@@ -536,3 +536,23 @@ def test_15_readiness_wait_never_outlasts_its_startup_timeout(
     with HostileAgent(sock, None), pytest.raises(module.AgentNotReadyError):
         strategy.wait_until_ready(Running())  # type: ignore[arg-type]
     assert asked and all(t is not None and t <= 1.0 for t in asked), asked
+
+
+def test_15_client_sign_unverifiable_key_type_needs_no_verify(tmp_path: Path) -> None:
+    """A key type the client cannot verify (a security key) is refused before the sign
+    request (no touch for nothing), naming --no-verify; with it, the answer is output."""
+    data = tmp_path / "data"
+    data.write_bytes(b"x")
+    sk_blob = sstr("sk-ssh-ed25519@openssh.com") + sstr(b"\x01" * 32) + sstr("ssh:")
+    from secretivex.keys.identity import fingerprint_sha256
+
+    fp = fingerprint_sha256(sk_blob)
+    answer = sign_response(sstr("sk-ssh-ed25519@openssh.com") + sstr(b"s" * 64) + b"\x01" + u32(7))
+    sock = tmp_path / "a.sock"
+    with HostileAgent(sock, _answers(identities((sk_blob, "sk")), lambda p: answer)) as agent:
+        refused = _client(sock, "sign", "--key", fp, "--data", str(data))
+        assert [p[0] for p in agent.requests] == [11]  # listed, never asked to sign
+        unchecked = _client(sock, "sign", "--key", fp, "--data", str(data), "--no-verify")
+    _one_clean_error_line(refused)
+    assert "--no-verify" in refused.stderr
+    assert unchecked.returncode == 0, unchecked.stderr
