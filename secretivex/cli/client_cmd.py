@@ -137,9 +137,7 @@ def sign_cmd(
 ) -> None:
     """Sign a file with one of the agent's keys; prints the signature blob in base64.
 
-    The signature is verified against the chosen key (and, for RSA, the algorithm
-    --flags asked for) before anything is written: an agent answering for another key,
-    with another algorithm or with junk is an error (exit 1).
+    Checked against the key (RSA: and the --flags algorithm) before output; exit 1 if bad.
     """
     from fnmatch import fnmatchcase
 
