@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from secretivex.protocol import ProtocolError, parse_response
+from secretivex.protocol import MAX_MESSAGE_SIZE, ProtocolError, parse_response
 
 __all__ = ["Counts", "Engine", "EngineSpec"]
 
@@ -443,10 +443,16 @@ class Engine:
         if w.buf:
             data = w.buf + data
         size = len(data)
-        if size < 5:
+        if size < 4:
             w.buf = data
             return
-        need = int.from_bytes(data[:4], "big") + 4
+        length = int.from_bytes(data[:4], "big")
+        if not 0 < length <= MAX_MESSAGE_SIZE:
+            # Out of bounds, as the agent itself would refuse it: buffering toward a
+            # declared 4 GiB would let a hostile agent grow this process until timeout.
+            self._failed(w, now, "protocol_error")
+            return
+        need = length + 4
         if size == need:
             w.buf = b""
             self._answered(w, now, data, data[4])

@@ -291,7 +291,11 @@ def render_text(report: Mapping[str, Any]) -> str:
         f"bench: {shape} against {run['socket']}",
     ]
     if key:
-        lines.append(f"key: {key['type']} {key['fingerprint']} {key['comment']}")
+        from secretivex.client.display import visible
+
+        # The agent named this key: its type and comment may carry terminal escapes.
+        shown = f"{visible(str(key['type']))} {key['fingerprint']} {visible(str(key['comment']))}"
+        lines.append(f"key: {shown}")
     failures = res["failures"]
     lines += [
         f"attempted {_fmt(res['attempted'])}  ok {_fmt(res['ok'])}  "

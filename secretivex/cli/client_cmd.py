@@ -34,7 +34,20 @@ SocketOpt = Annotated[
     str | None,
     typer.Option("--socket", "-s", help="Agent socket path.", show_default=False),
 ]
-TimeoutOpt = Annotated[int, typer.Option("--timeout-ms", help="Connect and response timeout.")]
+TimeoutOpt = Annotated[
+    int,
+    typer.Option(
+        "--timeout-ms",
+        help="Give up when connecting or waiting for an answer takes longer (0: wait forever).",
+    ),
+]
+
+
+def _shown(text: object) -> str:
+    """Agent-supplied text made safe for a terminal (escapes, no control characters)."""
+    from secretivex.client.display import visible
+
+    return visible(str(text))
 
 
 def _connect(socket: str | None, timeout_ms: int) -> Any:
@@ -87,7 +100,8 @@ def list_cmd(
         typer.echo("The agent has no identities." if matcher is None else "No matching identities.")
         return
     for identity in identities:
-        typer.echo(f"{identity.fingerprint} {identity.key_type} {identity.comment}".rstrip())
+        line = f"{identity.fingerprint} {_shown(identity.key_type)} {_shown(identity.comment)}"
+        typer.echo(line.rstrip())
 
 
 # -- sign -----------------------------------------------------------------------------
@@ -110,13 +124,28 @@ def sign_cmd(
         Path | None, typer.Option("--out", "-o", help="Write the raw signature blob here.")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="JSON with the signature.")] = False,
+    no_verify: Annotated[
+        bool,
+        typer.Option(
+            "--no-verify",
+            help="Output the signature without checking it (needed for security keys and "
+            "other types this command cannot verify).",
+        ),
+    ] = False,
     socket: SocketOpt = None,
     timeout_ms: TimeoutOpt = 30000,
 ) -> None:
-    """Sign a file with one of the agent's keys; prints the signature blob in base64."""
+    """Sign a file with one of the agent's keys; prints the signature blob in base64.
+
+    Checked against the key (RSA: and the --flags algorithm) before output; exit 1 if bad.
+    """
     from fnmatch import fnmatchcase
 
     from secretivex.bench.runner import parse_flags
+    from secretivex.client import can_verify, check_signature
+    from secretivex.keys.blobs import safe_type_name
+    from secretivex.keys.identity import blob_type
+    from secretivex.protocol import MAX_MESSAGE_SIZE
 
     if (key is None) == (comment is None):
         raise UsageError("give exactly one of --key FINGERPRINT or --comment GLOB")
@@ -130,6 +159,13 @@ def sign_cmd(
         payload = sys.stdin.buffer.read() if str(data) == "-" else data.read_bytes()
     except OSError as exc:
         fail(f"cannot read {data}: {exc.strerror or exc}")
+    # A sign request carries the data, the key blob and 13 bytes of framing; agents
+    # refuse (and this client cannot send) larger messages.
+    if len(payload) > MAX_MESSAGE_SIZE - 1024:
+        raise UsageError(
+            f"--data {data}: {len(payload)} bytes is more than an agent accepts in one "
+            f"sign request (at most {MAX_MESSAGE_SIZE - 1024}); sign a digest of it instead"
+        )
     with _connect(socket, timeout_ms) as agent:
         identities = agent.list_identities()
         if key is not None:
@@ -143,9 +179,17 @@ def sign_cmd(
             names = ", ".join(f"{i.comment} ({i.fingerprint})" for i in found)
             fail(f"--comment {comment!r} matches {len(found)} keys: {names}")
         identity = found[0]
+        if not no_verify and not can_verify(identity.blob):
+            # Said before signing: a security key would be touched for nothing.
+            fail(
+                f"cannot verify signatures by {identity.key_type} keys: add --no-verify to "
+                "output the agent's answer unchecked"
+            )
         signature = agent.sign(identity.blob, payload, flag_value)
-    algorithm_len = int.from_bytes(signature[:4], "big")
-    algorithm = signature[4 : 4 + algorithm_len].decode("ascii", "replace")
+    if no_verify:
+        algorithm = safe_type_name(blob_type(signature))
+    else:
+        algorithm = check_signature(identity.blob, payload, flag_value, signature)
     if out is not None:
         out.write_bytes(signature)
     encoded = base64.b64encode(signature).decode("ascii")
@@ -164,7 +208,9 @@ def sign_cmd(
     elif out is None:
         typer.echo(encoded)
     else:
-        typer.echo(f"{algorithm} signature ({len(signature)} bytes) written to {out}", err=True)
+        typer.echo(
+            f"{_shown(algorithm)} signature ({len(signature)} bytes) written to {out}", err=True
+        )
 
 
 # -- health ---------------------------------------------------------------------------
@@ -179,6 +225,70 @@ def _duplicates(identities: list[Any]) -> list[dict[str, Any]]:
         for fp, comments in seen.items()
         if len(comments) > 1
     ]
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _print_health(
+    path: str,
+    identities: list[Any],
+    duplicates: list[dict[str, Any]],
+    detail: dict[str, Any] | None,
+    stores: list[dict[str, Any]],
+    problems: list[str],
+) -> None:
+    """The text form of ``client health``; every value from the agent goes through
+    ``_shown`` (it may carry terminal escapes)."""
+    version = ""
+    if detail and detail.get("version"):
+        version = f" (secretivex {_shown(detail.get('version'))})"
+    typer.echo(f"agent: {_shown(path)}{version}")
+    if detail is not None:
+        typer.echo(f"locked: {'yes' if detail.get('locked') else 'no'}")
+    typer.echo(
+        f"identities: {len(identities)} (duplicates: {len(duplicates) if duplicates else 'none'})"
+    )
+    for dup in duplicates:
+        comments = ", ".join(_shown(c) for c in dup["comments"])
+        typer.echo(f"  duplicate {dup['fingerprint']} x{dup['count']}: {comments}")
+    if detail is None:
+        typer.echo("stores: store detail unavailable (the agent does not answer health@secretivex)")
+    else:
+        typer.echo("stores:" if stores else "stores: none")
+        for store in stores:
+            last_error = store.get("last_error")
+            error = f"  last error: {_shown(last_error)}" if last_error else ""
+            typer.echo(
+                f"  {_shown(store.get('name'))} ({_shown(store.get('kind'))}): "
+                f"{_shown(store.get('state'))}, {_shown(store.get('keys'))} keys{error}"
+            )
+            for key, value in sorted(_mapping(store.get("detail")).items()):
+                if value in (None, "", [], {}):
+                    continue
+                if key == "skipped" and isinstance(value, list):
+                    # One reason per line: each names a file and why.
+                    for item in value:
+                        typer.echo(f"    skipped: {_shown(item)}")
+                    continue
+                shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+                typer.echo(f"    {_shown(key)}: {_shown(shown)}")
+        listeners = detail.get("listeners")
+        if isinstance(listeners, list) and listeners:
+            typer.echo("listeners:")
+            for listener in listeners:
+                if isinstance(listener, dict):
+                    text = listener.get("socket") or json.dumps(listener, sort_keys=True)
+                    typer.echo(f"  {_shown(text)}")
+                else:
+                    typer.echo(f"  {_shown(listener)}")
+    for problem in problems:
+        typer.echo(f"problem: {_shown(problem)}")
 
 
 @app.command("health")
@@ -203,7 +313,9 @@ def health_cmd(
         except AgentFailure:
             detail = None
     duplicates = _duplicates(identities)
-    stores = list((detail or {}).get("stores") or [])
+    # The health document is the agent's word: take only the shapes we expect and
+    # ignore the rest (a hostile or foreign agent may answer any JSON object).
+    stores = _dicts((detail or {}).get("stores"))
     problems = []
     if duplicates:
         problems.append(f"{len(duplicates)} key(s) listed more than once")
@@ -212,7 +324,8 @@ def health_cmd(
     for store in stores:
         if store.get("state") != "ok":
             problems.append(f"store {store.get('name')} is {store.get('state')}")
-        for skipped in (store.get("detail") or {}).get("skipped") or []:
+        skipped_files = _mapping(store.get("detail")).get("skipped")
+        for skipped in skipped_files if isinstance(skipped_files, list) else []:
             # An unreadable or missing key file is not an outage, but it is why a key
             # someone expects is not listed.
             problems.append(f"store {store.get('name')} skipped {skipped}")
@@ -229,55 +342,7 @@ def health_cmd(
     if json_out:
         typer.echo(json.dumps(document, indent=2))
     else:
-        version = (
-            f" (secretivex {detail.get('version')})" if detail and detail.get("version") else ""
-        )
-        typer.echo(f"agent: {path}{version}")
-        if detail is not None:
-            typer.echo(f"locked: {'yes' if detail.get('locked') else 'no'}")
-        typer.echo(
-            f"identities: {len(identities)} "
-            f"(duplicates: {len(duplicates) if duplicates else 'none'})"
-        )
-        for dup in duplicates:
-            typer.echo(
-                f"  duplicate {dup['fingerprint']} x{dup['count']}: {', '.join(dup['comments'])}"
-            )
-        if detail is None:
-            typer.echo(
-                "stores: store detail unavailable (the agent does not answer health@secretivex)"
-            )
-        else:
-            typer.echo("stores:" if stores else "stores: none")
-            for store in stores:
-                error = (
-                    f"  last error: {store.get('last_error')}" if store.get("last_error") else ""
-                )
-                typer.echo(
-                    f"  {store.get('name')} ({store.get('kind')}): {store.get('state')}, "
-                    f"{store.get('keys')} keys{error}"
-                )
-                for key, value in sorted((store.get("detail") or {}).items()):
-                    if value in (None, "", [], {}):
-                        continue
-                    if key == "skipped" and isinstance(value, list):
-                        # One reason per line: each names a file and why.
-                        for item in value:
-                            typer.echo(f"    skipped: {item}")
-                        continue
-                    shown = ", ".join(map(str, value)) if isinstance(value, list) else value
-                    typer.echo(f"    {key}: {shown}")
-            listeners = detail.get("listeners") or []
-            if listeners:
-                typer.echo("listeners:")
-                for listener in listeners:
-                    if isinstance(listener, dict):
-                        text = listener.get("socket") or json.dumps(listener, sort_keys=True)
-                        typer.echo(f"  {text}")
-                    else:
-                        typer.echo(f"  {listener}")
-        for problem in problems:
-            typer.echo(f"problem: {problem}")
+        _print_health(path, identities, duplicates, detail, stores, problems)
     if strict and problems:
         raise typer.Exit(EXIT_GUARDRAIL)
 

@@ -31,7 +31,14 @@ class UsageError(Exception):
 
 
 def fail(message: str, code: int = EXIT_RUNTIME) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    """Print ``error: message`` on stderr and exit ``code``.
+
+    Messages may quote what an agent sent (key comments, type names): non-printable
+    characters are escaped so the line stays one line and cannot drive the terminal.
+    """
+    from secretivex.client.display import visible
+
+    typer.echo(f"error: {visible(message)}", err=True)
     raise typer.Exit(code)
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from secretivex.lazy import exports
 
 if TYPE_CHECKING:
-    from ._common import HEALTH_EXTENSION, AgentIdentity
+    from ._common import HEALTH_EXTENSION, AgentIdentity, can_verify, check_signature
     from .aio import AgentClient
     from .errors import (
         AgentConnectionClosed,
@@ -40,6 +40,8 @@ __all__ = [
     "AgentTimeout",
     "AgentUnavailable",
     "SyncAgentClient",
+    "can_verify",
+    "check_signature",
     "default_socket_path",
     "resolve_socket_path",
 ]
@@ -57,6 +59,8 @@ _HOMES: dict[str, str] = {
     "AgentUnavailable": ".errors",
     "HEALTH_EXTENSION": "._common",
     "SyncAgentClient": ".sync",
+    "can_verify": "._common",
+    "check_signature": "._common",
     "default_socket_path": ".paths",
     "resolve_socket_path": ".paths",
 }

@@ -22,6 +22,7 @@ from secretivex.protocol import (
     SignResponse,
     Success,
     WirePrivateKey,
+    frame,
     parse_response,
 )
 
@@ -37,9 +38,12 @@ __all__ = [
     "HEALTH_EXTENSION",
     "AgentIdentity",
     "build_add_identity",
+    "can_verify",
+    "check_signature",
     "connect_error_message",
     "decode_health",
     "expect",
+    "frame_request",
     "parse_response_or_raise",
 ]
 
@@ -145,6 +149,61 @@ def build_add_identity(
     return AddIdentity(WirePrivateKey(key_type, tuple(fields)), text, constraints)
 
 
+def can_verify(key_blob: bytes) -> bool:
+    """True when :func:`check_signature` can check signatures by this key (Ed25519,
+    ECDSA, RSA and certificates of them; not security keys or DSA)."""
+    from secretivex.keys import KeyFormatError
+    from secretivex.keys.blobs import public_key_from_blob
+
+    try:
+        public_key_from_blob(bytes(key_blob))
+    except KeyFormatError:
+        return False
+    return True
+
+
+def check_signature(key_blob: bytes, data: bytes, flags: int, signature: bytes) -> str:
+    """The algorithm of ``signature`` if it is a valid signature of ``data`` by the key in
+    ``key_blob`` (a certificate: its certified key), made with the algorithm ``flags``
+    asked for (RSA: ``rsa-sha2-256``/``-512``, as OpenSSH's ``sshkey_check_sigtype``).
+
+    ``AgentProtocolError`` otherwise, and for key types this package cannot verify
+    (security keys, DSA): the caller decides whether an unchecked signature will do.
+    An agent answering for a key other than the one asked for, with a weaker algorithm,
+    or with junk is caught here.
+    """
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+    from secretivex.keys import KeyFormatError
+    from secretivex.keys.blobs import public_key_from_blob, safe_type_name
+    from secretivex.keys.signatures import (
+        SSH_AGENT_RSA_SHA2_256,
+        SSH_AGENT_RSA_SHA2_512,
+        rsa_algorithm_for_flags,
+        verify_signature,
+    )
+
+    try:
+        public = public_key_from_blob(bytes(key_blob))
+    except KeyFormatError as exc:
+        raise AgentProtocolError(f"cannot verify a signature by this key: {exc}") from None
+    algorithm = blob_type(bytes(signature))
+    rsa_sha2 = flags & (SSH_AGENT_RSA_SHA2_256 | SSH_AGENT_RSA_SHA2_512)
+    if isinstance(public, RSAPublicKey) and rsa_sha2:
+        wanted = rsa_algorithm_for_flags(flags)
+        if algorithm != wanted:
+            raise AgentProtocolError(
+                f"the agent answered a {safe_type_name(algorithm)} signature "
+                f"where {wanted} was asked for"
+            )
+    if not verify_signature(bytes(key_blob), bytes(data), bytes(signature)):
+        raise AgentProtocolError(
+            "the agent's signature does not verify with the requested key "
+            f"({fingerprint_sha256(bytes(key_blob))})"
+        )
+    return algorithm
+
+
 def connect_error_message(path: str, exc: BaseException) -> str:
     """One line saying why connecting to ``path`` failed."""
     if isinstance(exc, FileNotFoundError):
@@ -169,9 +228,20 @@ def decode_health(raw: bytes) -> dict[str, Any]:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise AgentProtocolError("health@secretivex answer is not UTF-8 JSON") from None
+    except RecursionError:  # arrays nested thousands deep
+        raise AgentProtocolError("health@secretivex answer is nested too deeply") from None
     if not isinstance(data, dict):
         raise AgentProtocolError("health@secretivex answer is not a JSON object")
     return data
+
+
+def frame_request(payload: bytes) -> bytes:
+    """``payload`` with its length prefix; ``ValueError`` (our request, not the agent's
+    fault) when it is empty or larger than any agent accepts."""
+    try:
+        return frame(payload)
+    except ProtocolError as exc:
+        raise ValueError(f"request too large for an agent: {exc}") from None
 
 
 def parse_response_or_raise(payload: bytes) -> Response:

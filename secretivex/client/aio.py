@@ -26,7 +26,6 @@ from secretivex.protocol import (
     SignRequest,
     Unlock,
     encode_request,
-    frame,
 )
 
 from ._common import (
@@ -39,6 +38,7 @@ from ._common import (
     connect_error_message,
     decode_health,
     extension_contents,
+    frame_request,
     identities_of,
     parse_response_or_raise,
     signature_of,
@@ -145,12 +145,13 @@ class AgentClient:
 
     async def request_raw(self, payload: bytes) -> bytes:
         """Send one payload (type byte + body), return the answer payload."""
+        wire = frame_request(payload)
         async with self._lock:
             if self._closed:
                 raise AgentUnavailable(f"connection to {self.path} is closed")
             try:
                 with anyio.fail_after(_deadline(self.response_timeout)):
-                    await self._stream.send(frame(payload))
+                    await self._stream.send(wire)
                     return await self._receive()
             except TimeoutError:
                 await self.aclose()

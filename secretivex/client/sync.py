@@ -21,7 +21,6 @@ from secretivex.protocol import (
     SignRequest,
     Unlock,
     encode_request,
-    frame,
 )
 
 from ._common import (
@@ -34,6 +33,7 @@ from ._common import (
     connect_error_message,
     decode_health,
     extension_contents,
+    frame_request,
     identities_of,
     signature_of,
 )
@@ -113,13 +113,14 @@ class SyncAgentClient:
     def request_raw(self, payload: bytes) -> bytes:
         if self._closed:
             raise AgentUnavailable(f"connection to {self.path} is closed")
+        wire = frame_request(payload)
         limit = _timeout(self.response_timeout)
         # One deadline for the whole answer: a socket timeout alone restarts with every
         # byte, so an agent trickling one byte a second would hold us forever.
         deadline = None if limit is None else time.monotonic() + limit
         try:
             self._sock.settimeout(limit)
-            self._sock.sendall(frame(payload))
+            self._sock.sendall(wire)
             while not self._pending:
                 if deadline is not None:
                     remaining = deadline - time.monotonic()

@@ -13,6 +13,9 @@ come and go, hang or answer garbage, and none of that may reach other clients:
 - a sign waits at most ``timeout_ms`` (queueing included) and is never retried after it
   was sent, except once on a fresh connection when a pooled one turns out to be dead;
 - signs take this store's own ``max_signers`` slots, not the agent's;
+- every signature the upstream answers is verified against the requested key (and,
+  for RSA, the algorithm the flags asked for) before it is passed on; a mismatch is a
+  failed sign, never another key's signature under this key's name in the audit log;
 - every listed key is checked by the keys layer (``check_listed_blob``) before it is
   served: one malformed key (or a certificate whose signature does not verify) would
   make OpenSSH's clients reject the whole listing, every store's keys with it. Such
@@ -40,8 +43,11 @@ from secretivex.client import (
     AgentConnectionClosed,
     AgentError,
     AgentFailure,
+    AgentProtocolError,
     AgentTimeout,
     AgentUnavailable,
+    can_verify,
+    check_signature,
 )
 from secretivex.config.runtime import UpstreamStoreSettings
 from secretivex.keys import KeyFormatError
@@ -348,6 +354,15 @@ class UpstreamStore(KeyStore):
             raise SignError(f"upstream agent unavailable: {exc}") from None
         finally:
             self._sign_slots.release()
+        if can_verify(blob):
+            # Never pass on a signature the upstream did not make with this key (or made
+            # with a weaker RSA algorithm than asked): it would be logged and counted as
+            # this key's signature. Types the keys layer cannot verify (security keys)
+            # pass through, as OpenSSH's forwarding does.
+            try:
+                check_signature(blob, data, flags, signature)
+            except AgentProtocolError as exc:
+                raise SignError(f"upstream agent answered a bad signature: {exc}") from None
         return signature
 
     async def _close_connections(self) -> None:

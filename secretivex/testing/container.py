@@ -134,9 +134,14 @@ class AgentSocketWaitStrategy(WaitStrategy):
         self._poll_interval = 0.1
         self.identities: list[AgentIdentity] = []
 
-    def _ask(self) -> tuple[bool, str]:
+    def _ask(self, remaining: float = 10.0) -> tuple[bool, str]:
+        # One attempt never outlasts the startup deadline: an agent (or anything else on
+        # the socket) that accepts and never answers must not stretch the wait by 10 s.
+        wait = min(10.0, max(remaining, 0.2))
         try:
-            with SyncAgentClient.connect(self.socket_path, timeout=2, response_timeout=10) as agent:
+            with SyncAgentClient.connect(
+                self.socket_path, timeout=min(2.0, wait), response_timeout=wait
+            ) as agent:
                 self.identities = agent.list_identities()
         except AgentError as exc:
             return False, str(exc)
@@ -149,7 +154,7 @@ class AgentSocketWaitStrategy(WaitStrategy):
         started = time.monotonic()
         deadline = started + self._startup_timeout
         while True:
-            ready, last = self._ask()
+            ready, last = self._ask(deadline - time.monotonic())
             if ready:
                 return
             container.reload()
