@@ -43,9 +43,7 @@ def evaluate_module(nix_eval: Eval, tmp_path: Path, text: str) -> Any:
 
 
 @pytest.mark.parametrize("index", range(len(module_blocks())))
-def test_every_module_example_evaluates_cleanly(
-    nix_eval: Eval, tmp_path: Path, index: int
-) -> None:
+def test_every_module_example_evaluates_cleanly(nix_eval: Eval, tmp_path: Path, index: int) -> None:
     out = evaluate_module(nix_eval, tmp_path, as_module(module_blocks()[index]))
     assert out["failedAssertions"] == []
     assert out["warnings"] == []
@@ -111,7 +109,7 @@ def test_a_broken_example_would_fail(nix_eval: Eval, tmp_path: Path) -> None:
     module = tmp_path / "broken.nix"
     module.write_text("{ ... }: { services.secretivex = { enable = true; setings = { }; }; }")
     if REAL_LIB:  # the real module system refuses it outright
-        with pytest.raises(NixEvalError, match="services.secretivex.setings' does not exist"):
+        with pytest.raises(NixEvalError, match=r"services\.secretivex\.setings' does not exist"):
             nix_eval(EVAL, scenario="{}", extraModule=str(module))
     else:
         out = nix_eval(EVAL, scenario="{}", extraModule=str(module))

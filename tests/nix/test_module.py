@@ -460,7 +460,7 @@ def test_shim_reports_misspelt_options(nix_eval: Eval) -> None:
     """The shim has teeth: an option nobody declares is reported, not ignored."""
     scenario = json.dumps({"secretivex": {"enable": True, "setting": {}}})
     if REAL_LIB:  # the real module system refuses it outright
-        with pytest.raises(NixEvalError, match="services.secretivex.setting' does not exist"):
+        with pytest.raises(NixEvalError, match=r"services\.secretivex\.setting' does not exist"):
             nix_eval(EVAL, scenario=scenario)
     else:
         out = nix_eval(EVAL, scenario=scenario)
