@@ -1,7 +1,9 @@
-"""docs/quickstart.md's shared-host (system mode) block, run as written on a fresh
+"""docs/quickstart.md's shared-host (system mode) blocks, run as written on a fresh
 Debian host with a real systemd: from a checkout, as root (``sudo`` is the one word
 not replayed), ``systemctl edit`` on a terminal (script(1)) answered by an editor that
-types the two lines the block says to add. Then the documented owners, modes and who is served."""
+types the two lines the block says to add. Then the documented owners, modes and who
+is served; a listener added to the running agent the way the doc says; and
+docs/containers.md's CI-runner socket unit for the packaged (non-root) agent."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import io
 import re
 import tarfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sdlib import PACKAGING, REPO, Host, boot, stop
@@ -16,15 +19,36 @@ from sdlib import PACKAGING, REPO, Host, boot, stop
 pytestmark = pytest.mark.container
 
 MARKER = "<!-- test: tests/systemd/test_system_mode_doc.py runs this block as written -->"
+NEW_LISTENER = (
+    "<!-- test: tests/systemd/test_system_mode_doc.py runs this block (a new listener) -->"
+)
+CI_UNIT = "<!-- test: tests/systemd/test_system_mode_doc.py runs this unit, the listener above"
 WORK = "/root/checkout"
 
 
-def doc_block() -> str:
-    doc = (REPO / "docs" / "quickstart.md").read_text()
-    rest = doc.split(MARKER, 1)[1]
-    match = re.match(r"\s*```sh\n(.*?)```", rest, flags=re.S)
+def doc_block(marker: str = MARKER, doc: str = "quickstart.md") -> str:
+    rest = (REPO / "docs" / doc).read_text().split(marker, 1)[1]
+    match = re.match(r"[^\n]*\n\s*```sh\n(.*?)```", rest, flags=re.S)
     assert match is not None, "the marker must sit right above the block"
     return match.group(1)
+
+
+def ci_runner_files() -> tuple[str, str, str]:
+    """containers.md: the listener fragment above the marker, the socket unit and the
+    commands below it."""
+    before, after = (REPO / "docs" / "containers.md").read_text().split(CI_UNIT, 1)
+    listener = [
+        b for b in re.findall(r"```yaml\n(.*?)```", before, flags=re.S) if "ci-runner.yaml" in b
+    ][-1]
+    match = re.match(r"[^\n]*\n\s*```ini\n(.*?)```\s*```sh\n(.*?)```", after, flags=re.S)
+    assert match is not None, "the marker must sit right above the unit and its commands"
+    return listener, match.group(1), match.group(2)
+
+
+def first_comment_path(text: str) -> str:
+    first = text.splitlines()[0]
+    assert first.startswith("# /"), first
+    return first.split()[1]
 
 
 def drop_in_lines(block: str) -> list[str]:
@@ -112,3 +136,39 @@ def test_the_system_mode_block_runs_as_written(host: Host) -> None:
         )
         assert refused.returncode != 0, refused.stdout
     assert owners() == documented  # and after: systemd did not re-own them
+
+    # -- a new listener for group ops, added to the running agent as the doc says
+    host.sh("groupadd ops && usermod -aG ops nora")
+    host.sh(
+        """cat >> /etc/secretivex/config.yaml <<'YAML'
+  - socket: /run/secretivex/ops.sock
+    mode: "0660"
+    group: ops
+YAML"""
+    )
+    assert host.show("secretivex.service", "ActiveState")["ActiveState"] == "active"
+    proc = host.sh(f"set -e\n{shim}\n{doc_block(NEW_LISTENER)}", check=False, timeout=120)
+    assert proc.returncode == 0, f"the new-listener block failed:\n{proc.stdout}\n{proc.stderr}"
+    listed = host.sh("SSH_AUTH_SOCK=/run/secretivex/ops.sock ssh-add -l", user="nora")
+    assert "team_ed25519" in listed.stdout, listed.stdout
+
+    # -- containers.md: the CI runner's listener with the packaged (non-root) agent
+    listener, unit, commands = ci_runner_files()
+    host.sh(f"mkdir -p {Path(first_comment_path(listener)).parent}")
+    host.put(first_comment_path(listener), listener)
+    host.put(first_comment_path(unit), unit)
+    host.sh(
+        """set -e
+        cd /var/lib/secretivex/keys
+        runuser -u secretivex -- ssh-keygen -q -t ed25519 -N '' -C ci-deploy -f ci_ed25519"""
+    )
+    proc = host.sh(f"set -e\n{shim}\n{commands}", check=False, timeout=120)
+    assert proc.returncode == 0, f"the CI socket commands failed:\n{proc.stdout}\n{proc.stderr}"
+    sock = "/run/secretivex-ci/agent.sock"
+    assert host.sh(f"stat -c '%u:%g %a' {sock}").stdout.split() == ["1000:1000", "660"]
+    # alice is uid 1000: the runner's uid sees the CI key only
+    listed = host.sh(f"SSH_AUTH_SOCK={sock} ssh-add -l", user="alice")
+    assert "ci-deploy" in listed.stdout and "team_ed25519" not in listed.stdout, listed.stdout
+    refused = host.sh(f"SSH_AUTH_SOCK={sock} ssh-add -l", user="nora", check=False)
+    assert refused.returncode != 0, refused.stdout
+    assert host.sh(f"stat -c '%u:%g %a' {sock}").stdout.split() == ["1000:1000", "660"]
