@@ -28,10 +28,11 @@ venv: $(STAMP)
 
 # `make run` needs the runtime dependencies only (the test and dev extras come with
 # `make test` / `make venv`).
+# -qq: errors only (setuptools' editable-install BuildBackendWarning is noise here).
 $(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install -qq -e .
 	touch $(RUN_STAMP)
 
 run: $(RUN_STAMP)

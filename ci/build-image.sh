@@ -15,7 +15,9 @@
 #   SECRETIVEX_IMAGE_TAG         tag of the runtime image (default dev)
 #   SECRETIVEX_BASE_IMAGE        base image               (default secretivex-base:bookworm,
 #                                built by ci/base-image.sh when absent)
-#   SECRETIVEX_WHEELHOUSE_OFFLINE=1   build the wheelhouse with --no-index (no PyPI)
+#   SECRETIVEX_WHEELHOUSE_OFFLINE=1   build the wheelhouse with --no-index (no PyPI), from
+#                                .build/wheelhouse and .build/build-deps as an earlier
+#                                online run left them
 #   SECRETIVEX_SKIP_DEPS=1       do not run ci/install-system-deps.sh
 set -euo pipefail
 
@@ -26,6 +28,7 @@ image=${SECRETIVEX_IMAGE:-secretivex}
 tag=${SECRETIVEX_IMAGE_TAG:-dev}
 base=${SECRETIVEX_BASE_IMAGE:-secretivex-base:bookworm}
 wheelhouse=.build/wheelhouse
+build_deps=.build/build-deps
 target=all
 skip_deps=${SECRETIVEX_SKIP_DEPS:-0}
 build_opts=()
@@ -92,11 +95,22 @@ if [[ $py_version != 3.11 ]]; then
     say "$py is Python $py_version; the wheelhouse must be built with Python 3.11 (the image's)"
     exit 1
 fi
-mkdir -p "$wheelhouse"
+mkdir -p "$wheelhouse" "$build_deps"
 rm -f "$wheelhouse"/secretivex-*.whl
-pip_args=(--disable-pip-version-check wheel --quiet --wheel-dir "$wheelhouse" --find-links "$wheelhouse")
-[[ ${SECRETIVEX_WHEELHOUSE_OFFLINE:-0} == 1 ]] && pip_args+=(--no-index)
-"$py" -m pip "${pip_args[@]}" .
+pip_args=(--disable-pip-version-check wheel --quiet --find-links "$wheelhouse" --find-links "$build_deps")
+if [[ ${SECRETIVEX_WHEELHOUSE_OFFLINE:-0} == 1 ]]; then
+    pip_args+=(--no-index)
+else
+    # pyproject's [build-system] requires, kept beside the wheelhouse (not in the
+    # image): building secretivex's own wheel needs them, also offline next time.
+    mapfile -t build_requires < <("$py" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
+    "$py" -m pip "${pip_args[@]}" --wheel-dir "$build_deps" "${build_requires[@]}"
+fi
+"$py" -m pip "${pip_args[@]}" --wheel-dir "$wheelhouse" . || {
+    [[ ${SECRETIVEX_WHEELHOUSE_OFFLINE:-0} == 1 ]] &&
+        say "offline: $wheelhouse and $build_deps need every wheel; run once without SECRETIVEX_WHEELHOUSE_OFFLINE to fill them"
+    exit 1
+}
 wheel=$(find "$wheelhouse" -maxdepth 1 -name 'secretivex-*.whl' -printf '%f\n' | head -n 1)
 [[ -n $wheel ]] || { say "no secretivex wheel in $wheelhouse"; exit 1; }
 version=$(printf '%s' "$wheel" | cut -d- -f2)

@@ -65,6 +65,23 @@ let
     l: "secretivex-listener-${builtins.substring 0 12 (builtins.hashString "sha256" l.socket)}";
   socketUnits = [ "secretivex.socket" ] ++ map (l: "${listenerUnit l}.socket") listeners;
 
+  # system mode: files the agent writes (metrics.path, audit.path). The service has
+  # ProtectSystem=strict: it can write only its StateDirectory, its private /tmp and
+  # what serviceConfig.ReadWritePaths adds; /run/secretivex is root's (0755), so a
+  # path there passes the build (--no-path-checks) and then stops the agent (exit 2).
+  extraWritable = lib.toList (config.systemd.services.secretivex.serviceConfig.ReadWritePaths or [ ]);
+  writable =
+    p: any (dir: p == dir || hasPrefix "${lib.removeSuffix "/" dir}/" p)
+      ([ "/var/lib/secretivex" "/tmp" "/var/tmp" ] ++ map (d: lib.removePrefix "-" (toString d)) extraWritable);
+  unwritablePaths =
+    if !isSystem then [ ]
+    else
+      builtins.concatMap
+        (key:
+          let p = (cfg.settings.${key} or { }).path or null; in
+          optional (p != null && p != "-" && !writable (toString p)) "settings.${key}.path = \"${toString p}\"")
+        [ "metrics" "audit" ];
+
   # Other agents that export SSH_AUTH_SOCK for login sessions (options that this
   # nixpkgs may not have are skipped).
   otherAgents =
@@ -332,6 +349,10 @@ in
         {
           assertion = storeSecretProblems == [ ];
           message = concatStringsSep "\n" storeSecretProblems;
+        }
+        {
+          assertion = unwritablePaths == [ ];
+          message = "services.secretivex.${concatStringsSep ", " unwritablePaths}: in system mode the agent can write only under /var/lib/secretivex (its StateDirectory), its private /tmp, or a directory added to systemd.services.secretivex.serviceConfig.ReadWritePaths; /run/secretivex belongs to root. Use e.g. /var/lib/secretivex/metrics.json (audit.path may also be \"-\", the journal).";
         }
         {
           assertion = builtins.all (l: hasPrefix "/" (l.socket or "")) listeners;

@@ -5,14 +5,25 @@
 #
 # scenario: JSON; "secretivex" is services.secretivex, "world" any other NixOS config
 # (e.g. {"programs": {"ssh": {"startAgent": true}}}).
+#
+# libPath: a nixpkgs lib directory (e.g. a checkout of nix-community/nixpkgs.lib's
+# lib/) to evaluate with the real module system instead of the stand-in lib.nix; the
+# real lib refuses undeclared options itself, so `undeclared` is then always [].
+# tests/nix passes it from SECRETIVEX_NIXPKGS_LIB.
+#
+# extraModule: the path of one more NixOS module file (e.g. an example from
+# docs/nixos.md, tests/nix/test_docs_nixos.py), evaluated with the scenario.
 { scenario ? "{}"
+, libPath ? ""
+, extraModule ? ""
 , stubBare ? "false"
 , packagePath ? "/nix/store/00000000000000000000000000000000-secretivex-0.0.0"
 , coreutilsPath ? null
 }:
 
 let
-  lib = import ./lib.nix;
+  realLib = libPath != "";
+  lib = if realLib then import (/. + libPath) else import ./lib.nix;
   pkgs = import ./pkgs.nix { inherit lib packagePath coreutilsPath; };
   s = builtins.fromJSON scenario;
   evaluated = lib.evalModules {
@@ -21,7 +32,7 @@ let
       ../default.nix
       { _file = "scenario"; config.services.secretivex = s.secretivex or { }; }
       { _file = "world"; config = s.world or { }; }
-    ];
+    ] ++ (if extraModule == "" then [ ] else [ (/. + extraModule) ]);
     specialArgs = { inherit pkgs; stubBare = stubBare == "true"; };
   };
   c = evaluated.config;
@@ -31,7 +42,7 @@ let
   units = sys: builtins.mapAttrs (_: u: builtins.removeAttrs u [ ]) sys;
 in
 {
-  undeclared = evaluated.undeclared;
+  undeclared = if realLib then [ ] else evaluated.undeclared;
   failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) c.assertions);
   warnings = c.warnings;
   package = toString cfg.package;

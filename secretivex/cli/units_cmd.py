@@ -165,6 +165,19 @@ def enable_socket() -> None:
             )
 
 
+#: What to do instead, for the mode this command does not install.
+SYSTEM_MODE_HINT = (
+    "install-units installs user units only; for one shared agent (system mode) install "
+    "packaging/systemd/system/ and packaging/systemd/sysusers.d/ from the source tree as "
+    'docs/quickstart.md "A shared host (system mode)" shows (NixOS: services.secretivex.mode '
+    '= "system", docs/nixos.md)'
+)
+USAGE_HINT = (
+    "install-units needs --user (an agent per user; every user of the machine: "
+    'docs/quickstart.md "One agent per user"; a shared agent: --system says how)'
+)
+
+
 def install_units(
     user: bool = typer.Option(
         False, "--user", help="Install for the current user (the only mode; required)."
@@ -175,13 +188,17 @@ def install_units(
     force: bool = typer.Option(
         False, "--force", help="Replace unit files that install-units did not write."
     ),
+    system: bool = typer.Option(
+        False,
+        "--system",
+        help="Not supported: says where the system-mode (shared host) units are.",
+    ),
 ) -> None:
     """Write the systemd user units (socket-activated, ExecStart at this installation),
     enable the socket, and print the SSH_AUTH_SOCK line for your shell profile."""
-    if not user:
+    if system or not user:
         typer.echo(
-            "secretivex: install-units needs --user (system-wide installs: see "
-            "docs/nixos.md, packaging/systemd/user)",
+            f"secretivex: {SYSTEM_MODE_HINT if system else USAGE_HINT}",
             err=True,
         )
         raise typer.Exit(2)

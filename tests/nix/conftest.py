@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nixtools import NixEvalError, require_tool
+from nixtools import REAL_LIB, NixEvalError, require_tool
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +33,8 @@ def nix_eval(nix_instantiate: str, tmp_path_factory: pytest.TempPathFactory) -> 
 
     def run(file: Path, **argstr: str) -> Any:
         cmd = [nix_instantiate, "--eval", "--strict", "--json", str(file)]
+        if REAL_LIB and file.name == "eval.nix":
+            cmd += ["--argstr", "libPath", REAL_LIB]
         for key, value in argstr.items():
             cmd += ["--argstr", key, value]
         env = {**os.environ, "NIX_STATE_DIR": str(state), "NIX_PATH": ""}

@@ -10,6 +10,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TESTING = REPO / "nixos-module" / "testing"
+#: A nixpkgs lib directory (nix-community/nixpkgs.lib's lib/): when set, eval.nix
+#: evaluates the module with the real module system instead of the stand-in lib.nix
+#: (a cross-check where one is at hand; CI has no network and uses the stand-in).
+REAL_LIB = os.environ.get("SECRETIVEX_NIXPKGS_LIB", "")
 
 
 def require_tool(name: str, hint: str) -> str:

@@ -126,7 +126,24 @@ def test_written_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
 def test_usage_without_user(tmp_path: Path) -> None:
     result = install(tmp_path)
     assert result.returncode == 2
-    assert "install-units needs --user" in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("secretivex: install-units needs --user")
+    assert "packaging/systemd/user" not in line  # not where a shared agent comes from
+
+
+def test_system_says_where_system_mode_is(tmp_path: Path) -> None:
+    """`--system` is what an operator tries first: one line pointing at the system
+    units and the recipe that installs them, exit 2, nothing written."""
+    for args in (["--system"], ["--system", "--user"]):
+        result = install(tmp_path, *args)
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.splitlines()
+        assert "packaging/systemd/system/" in line
+        assert "A shared host (system mode)" in line
+        assert not (tmp_path / "config").exists()
+    # and what it points at exists
+    assert (REPO / "packaging" / "systemd" / "system" / "secretivex.service").is_file()
+    assert "### A shared host (system mode)" in (REPO / "docs" / "quickstart.md").read_text()
 
 
 def test_bash_completion_completes_subcommands() -> None:
@@ -168,6 +185,6 @@ def test_make_run_installs_runtime_dependencies_only(tmp_path: Path) -> None:
     )
     assert plan.returncode == 0, plan.stderr
     installs = [line for line in plan.stdout.splitlines() if " install " in line]
-    assert installs[-1].endswith("pip install --quiet -e .")
+    assert installs[-1].endswith(" -e .") and "pip install" in installs[-1]
     assert not any("[test" in line or "dev]" in line for line in installs)
     assert plan.stdout.rstrip().endswith("secretivex agent --print-env")
