@@ -517,6 +517,8 @@ class Dispatcher:
             )
         except KeyLoadError as exc:
             raise Refused(RequestOutcome.BAD_KEY, str(exc)) from None
+        if "\x00" in req.comment:  # OpenSSH reads a C string: a NUL byte is malformed
+            raise Refused(RequestOutcome.BAD_REQUEST, "key comment contains a NUL byte")
         extra = tuple(e for e in c.extensions if isinstance(e, protocol.DestinationConstraints))
         others = [e for e in c.extensions if not isinstance(e, protocol.DestinationConstraints)]
         if others:
@@ -777,11 +779,14 @@ class Dispatcher:
 
 def _destination_problem(dests: protocol.DestinationConstraints) -> str:
     """Why OpenSSH's ``parse_dest_constraint`` would refuse these destinations ("" when
-    it would not): a "from" hop names a host exactly when it lists host keys and never
-    a user; a "to" hop needs a host and its keys; at most 1024 constraints."""
+    it would not): user and host names are C strings (no NUL byte); a "from" hop names
+    a host exactly when it lists host keys and never a user; a "to" hop needs a host
+    and its keys; at most 1024 constraints."""
     if len(dests.constraints) > MAX_DESTINATION_CONSTRAINTS:
         return "too many destination constraints"
     for c in dests.constraints:
+        if any("\x00" in f for h in (c.from_hop, c.to_hop) for f in (h.user, h.hostname)):
+            return "destination constraint host or user contains a NUL byte"
         if bool(c.from_hop.hostname) != bool(c.from_hop.keys) or c.from_hop.user:
             return 'inconsistent "from" hop in destination constraint'
         if not (c.to_hop.hostname and c.to_hop.keys):
