@@ -7,6 +7,7 @@ of them wrote. Replies are reduced to what a client can observe (see ``Observati
 
 from __future__ import annotations
 
+import secrets
 import socket
 import struct
 from dataclasses import dataclass
@@ -121,7 +122,49 @@ def ecdsa_key(curve: str) -> WireKey:
 
 
 def rsa_key(bits: int = 2048) -> WireKey:
-    k = rsa.generate_private_key(65537, bits)
+    return _rsa_wire(rsa.generate_private_key(65537, bits), bits)
+
+
+def rsa_key_unchecked(bits: int) -> WireKey:
+    """An RSA key of any size (``cryptography`` makes none under 1024 bits)."""
+    if bits >= 1024:
+        return rsa_key(bits)
+    from cryptography.hazmat.primitives.asymmetric.rsa import (
+        RSAPrivateNumbers,
+        RSAPublicNumbers,
+        rsa_crt_dmp1,
+        rsa_crt_dmq1,
+        rsa_crt_iqmp,
+    )
+
+    e = 65537
+    while True:
+        p, q = _prime(bits // 2), _prime(bits // 2)
+        phi = (p - 1) * (q - 1)
+        if p != q and phi % e and (p * q).bit_length() == bits:
+            break
+    d = pow(e, -1, phi)
+    numbers = RSAPrivateNumbers(
+        p,
+        q,
+        d,
+        rsa_crt_dmp1(d, p),
+        rsa_crt_dmq1(d, q),
+        rsa_crt_iqmp(p, q),
+        RSAPublicNumbers(e, p * q),
+    )
+    return _rsa_wire(numbers.private_key(unsafe_skip_rsa_key_validation=True), bits)
+
+
+def _prime(bits: int) -> int:
+    rng = secrets.SystemRandom()
+    while True:
+        n = rng.getrandbits(bits) | (3 << (bits - 2)) | 1
+        if all(pow(a, n - 1, n) == 1 for a in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)):
+            return n  # Fermat-probable prime: enough for a test key
+
+
+def _rsa_wire(k: rsa.RSAPrivateKey, bits: int) -> WireKey:
     n = k.private_numbers()
     pub = n.public_numbers
     wire = (
@@ -232,7 +275,7 @@ class Observation:
 
     def __str__(self) -> str:
         if self.kind == IDENTITIES_ANSWER_NAME:
-            return f"{self.kind}{[c.decode(errors='replace') for _, c in self.identities]}"
+            return f"{self.kind}{[c[:40].decode(errors='replace') for _, c in self.identities]}"
         if self.signature:
             return f"{self.kind}({self.signature})"
         return self.kind

@@ -588,3 +588,100 @@ def test_seeded_random_sequence_matches_openssh(pair: Agents, keys: dict[str, Wi
     finally:
         for c in conns:
             c.__exit__()
+
+
+# ------------------------------------------------------------------ key and field checks
+
+
+def _bad_keys(keys: dict[str, WireKey]) -> list[tuple[str, bytes]]:
+    ed, p256 = keys["ed25519"], keys["nistp256"]
+    pub = ed.blob[-32:]
+    seed_pub = w.strings(ed.private_wire)[2]
+    other = w.ed25519_key()
+    point = w.strings(p256.private_wire)[2]
+    d_field = p256.private_wire[4 + 19 + 4 + 8 + 4 + len(point) :]
+    off_curve = point[:-1] + bytes([point[-1] ^ 1])
+    return [
+        (
+            "ed25519 public key of another key",
+            w.string("ssh-ed25519") + w.string(w.strings(other.blob)[1]) + w.string(seed_pub),
+        ),
+        (
+            "ed25519 short public key",
+            w.string("ssh-ed25519") + w.string(pub[:31]) + w.string(seed_pub),
+        ),
+        (
+            "ed25519 short private key",
+            w.string("ssh-ed25519") + w.string(pub) + w.string(seed_pub[:63]),
+        ),
+        (
+            "ecdsa curve name mismatch",
+            w.string("ecdsa-sha2-nistp256") + w.string("nistp384") + w.string(point) + d_field,
+        ),
+        (
+            "ecdsa point off the curve",
+            w.string("ecdsa-sha2-nistp256") + w.string("nistp256") + w.string(off_curve) + d_field,
+        ),
+        (
+            "ecdsa private scalar 0",
+            w.string("ecdsa-sha2-nistp256") + w.string("nistp256") + w.string(point) + w.mpint(0),
+        ),
+        ("rsa 768 bits", w.rsa_key_unchecked(768).private_wire),
+    ]
+
+
+def test_invalid_private_keys_are_refused(pair: Agents, keys: dict[str, WireKey]) -> None:
+    with pair.connect() as c:
+        answers = {}
+        for what, wire in _bad_keys(keys):
+            answers[what] = c.both(bytes((w.ADD_IDENTITY,)) + wire + w.string("bad"))
+            c.both(w.REMOVE_ALL_MSG)
+    # Documented deviation: OpenSSH 9.2 takes an Ed25519 key whose public half is
+    # another key's (its listing then names a key it cannot sign for); we refuse it.
+    mismatched = answers.pop("ed25519 public key of another key")
+    assert mismatched[0] == FAIL and mismatched[1] in (OK, FAIL)
+    differ = {what: a for what, a in answers.items() if a != (FAIL, FAIL)}
+    assert not differ, differ
+
+
+def test_rsa_1024_is_the_smallest_accepted(pair: Agents) -> None:
+    key = w.rsa_key_unchecked(1024)
+    with pair.connect() as c:
+        assert c.same(key.add("rsa1024"), "add RSA-1024") == OK
+        assert c.same(key.sign(b"d", w.SIGN_RSA_SHA2_256), "sign").signature.startswith("valid:")
+
+
+def test_comments_as_bytes(pair: Agents, keys: dict[str, WireKey]) -> None:
+    key = keys["ed25519"]
+    with pair.connect() as c:
+        for comment in (b"\xff\xfe not utf-8", "ünïcode ✓".encode(), b"x" * 4000, b""):
+            payload = bytes((w.ADD_IDENTITY,)) + key.private_wire + w.string(comment)
+            assert c.same(payload, f"add with comment {comment[:12]!r}") == OK
+            got = c.same(w.LIST, "list")
+            assert got.identities == ((key.blob, comment),)
+        # OpenSSH reads comments (and hop names) as C strings: a NUL byte is malformed
+        payload = bytes((w.ADD_IDENTITY,)) + key.private_wire + w.string(b"a\x00b")
+        assert c.same(payload, "comment with a NUL byte") == FAIL
+        host = keys["ed25519"].blob
+        for user, hostname in (("a\x00b", "h"), ("", "h\x00x")):
+            dest = w.restrict_destination((w.hop(), w.hop(user, hostname, keys=(host,))))
+            assert c.same(key.add("d", dest), f"hop {user!r}@{hostname!r}") == FAIL
+
+
+def test_pipelined_and_split_requests(pair: Agents, keys: dict[str, WireKey]) -> None:
+    key = keys["nistp521"]
+    msgs = [key.add("p"), w.LIST, key.sign(b"x" * 100_000, 0), bytes((99,)), w.LIST, key.remove()]
+    data = b"".join(w.u32(len(m)) + m for m in msgs)
+    with pair.connect() as c:
+        for client in (c.ours, c.theirs):
+            client.send_raw(data)
+        for m in msgs:
+            blob, signed = (key.blob, b"x" * 100_000) if m[0] == w.SIGN_REQUEST else (b"", b"")
+            ours, theirs = (cl.read_reply(signed, blob) for cl in (c.ours, c.theirs))
+            assert ours == theirs, f"pipelined {m[:1].hex()}: {ours} / {theirs}"
+    with pair.connect() as c:
+        frame = w.u32(len(msgs[0])) + msgs[0]
+        for i in range(len(frame)):
+            for client in (c.ours, c.theirs):
+                client.send_raw(frame[i : i + 1])
+        assert (c.ours.read_reply(), c.theirs.read_reply()) == (OK, OK)
