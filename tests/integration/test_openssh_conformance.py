@@ -25,7 +25,7 @@ from pathlib import Path
 
 import openssh_peer as w
 import pytest
-from harness import AgentProcess, require_tool, start_agent, wait_for_socket
+from harness import AgentProcess, require_tool, run, start_agent, wait_for_socket
 from openssh_peer import CLOSED, Client, Observation, WireKey
 
 pytestmark = pytest.mark.openssh
@@ -685,3 +685,87 @@ def test_pipelined_and_split_requests(pair: Agents, keys: dict[str, WireKey]) ->
             for client in (c.ours, c.theirs):
                 client.send_raw(frame[i : i + 1])
         assert (c.ours.read_reply(), c.theirs.read_reply()) == (OK, OK)
+
+
+def _certified(tmp: Path, key: WireKey, name: str) -> WireKey:
+    """``key`` certified by a fresh CA (real ssh-keygen), as ``ssh-add`` sends a cert."""
+    import base64
+
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    require_tool("ssh-keygen")
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / f"{name}-ca")])
+    pub = tmp / f"{name}.pub"
+    public = key.private.public_key()  # type: ignore[attr-defined]
+    pub.write_bytes(public.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH))
+    run(["ssh-keygen", "-q", "-s", str(tmp / f"{name}-ca"), "-I", name, "-n", "u", str(pub)])
+    cert = base64.b64decode((tmp / f"{name}-cert.pub").read_text().split()[1])
+    cert_type = w.strings(cert)[0]
+    fields = w.strings(key.private_wire)
+    if key.name == "ed25519":  # cert, then the public and private halves
+        rest = w.string(fields[1]) + w.string(fields[2])
+    else:  # ECDSA: cert, then the private scalar (what follows the point)
+        rest = key.private_wire[
+            len(w.string(fields[0]) + w.string(fields[1]) + w.string(fields[2])) :
+        ]
+    return WireKey(
+        f"{key.name}-cert", w.string(cert_type) + w.string(cert) + rest, cert, key.private
+    )
+
+
+def test_certificates_next_to_their_plain_keys(
+    pair: Agents, keys: dict[str, WireKey], tmp_path: Path
+) -> None:
+    """What ``ssh-add`` does with a key and its ``-cert.pub``: both are listed; a
+    request naming the plain key also reaches the certified one (OpenSSH matches a
+    plain public key against a certificate's key)."""
+    for plain in (keys["ed25519"], keys["nistp256"]):
+        cert = _certified(tmp_path, plain, plain.name)
+        with pair.connect() as c:
+            assert c.same(plain.add("plain"), "add plain") == OK
+            assert c.same(cert.add("cert"), "add cert") == OK
+            assert c.same(w.LIST, "list") == listing((plain, "plain"), (cert, "cert"))
+            assert c.same(cert.sign(b"d"), "sign with the cert").kind == "SIGN_RESPONSE"
+            assert c.same(cert.remove(), "remove the cert") == OK
+            assert c.same(w.LIST, "list") == listing((plain, "plain"))
+            assert c.same(plain.remove(), "remove plain") == OK
+            assert c.same(cert.add("cert only"), "add the cert alone") == OK
+            c.same(plain.sign(b"d"), "sign naming the plain key, only the cert held")
+            c.same(plain.add("plain after cert"), "add plain after the cert")
+            c.same(w.LIST, "list")
+            c.same(plain.remove(), "remove naming the plain key")
+            c.same(w.LIST, "list")
+            c.same(w.REMOVE_ALL_MSG, "clean")
+
+
+def test_dsa_and_extreme_lifetimes(pair: Agents, keys: dict[str, WireKey]) -> None:
+    from cryptography.hazmat.primitives.asymmetric import dsa
+
+    k = dsa.generate_private_key(1024)
+    n = k.private_numbers()
+    p = n.public_numbers.parameter_numbers
+    wire = (
+        w.string("ssh-dss")
+        + w.mpint(p.p)
+        + w.mpint(p.q)
+        + w.mpint(p.g)
+        + w.mpint(n.public_numbers.y)
+        + w.mpint(n.x)
+    )
+    blob = (
+        w.string("ssh-dss")
+        + w.mpint(p.p)
+        + w.mpint(p.q)
+        + w.mpint(p.g)
+        + w.mpint(n.public_numbers.y)
+    )
+    dss = WireKey("dsa", wire, blob, k)
+    key = keys["ed25519"]
+    with pair.connect() as c:
+        # Documented deviation: no DSA (OpenSSH 10.0 removed it; 9.2 still takes it).
+        ours, theirs = c.both(dss.add("dsa"))
+        assert ours == FAIL and theirs in (OK, FAIL)
+        assert c.ours.request(w.LIST) == EMPTY
+        c.theirs.request(dss.remove())
+        assert c.same(key.add("max", w.lifetime(0xFFFFFFFF)), "lifetime 2^32-1") == OK
+        assert c.same(key.sign(b"d"), "sign").signature == "valid:ssh-ed25519"
