@@ -666,6 +666,9 @@ class Dispatcher:
     async def lock_agent(self, ctx: ConnectionContext, req: protocol.Lock) -> bytes:
         if not ctx.listener.allow_lock:
             raise Refused(RequestOutcome.LOCK_REFUSED, "locking is disabled on this socket")
+        if b"\x00" in req.passphrase:
+            # A C string to OpenSSH (which exits on it); no ssh-add -x can send one.
+            raise Refused(RequestOutcome.BAD_REQUEST, "lock passphrase contains a NUL byte")
         try:
             locked = await self.lock.lock(req.passphrase)
         except EmptyPassphrase as exc:
