@@ -25,7 +25,7 @@ from pathlib import Path
 
 import openssh_peer as w
 import pytest
-from harness import AgentProcess, require_tool, run, start_agent, wait_for_socket
+from harness import AgentProcess, require_tool, run, start_agent, wait_for_socket, wait_until
 from openssh_peer import CLOSED, Client, Observation, WireKey
 
 pytestmark = pytest.mark.openssh
@@ -480,9 +480,15 @@ def test_malformed_lock_is_refused_not_fatal(agents: Agents) -> None:
     ("deliberately fatal"); we answer FAILURE and keep serving. Only our agent is asked."""
     client = Client(agents.ours.socket)
     try:
-        for payload in (bytes((w.LOCK,)), bytes((w.LOCK,)) + w.u32(40) + b"x", bytes((w.UNLOCK,))):
-            assert client.request(payload) == FAIL
+        for payload in (
+            bytes((w.LOCK,)),
+            bytes((w.LOCK,)) + w.u32(40) + b"x",
+            bytes((w.UNLOCK,)),
+            w.lock(b"pass\x00word"),  # a C string with a NUL: malformed (fatal to OpenSSH)
+        ):
+            assert client.request(payload) == FAIL, payload
         assert client.request(w.LIST) == EMPTY
+        assert client.request(w.unlock(b"pass\x00word")) == FAIL  # it never locked
     finally:
         client.close()
 
@@ -769,3 +775,38 @@ def test_dsa_and_extreme_lifetimes(pair: Agents, keys: dict[str, WireKey]) -> No
         c.theirs.request(dss.remove())
         assert c.same(key.add("max", w.lifetime(0xFFFFFFFF)), "lifetime 2^32-1") == OK
         assert c.same(key.sign(b"d"), "sign").signature == "valid:ssh-ed25519"
+
+
+def test_session_bind_field_edges(pair: Agents, keys: dict[str, WireKey]) -> None:
+    host = w.ed25519_key()
+    sid = b"\x33" * 32
+    sig = host.ssh_signature(sid)
+    body = w.string(host.blob) + w.string(sid) + w.string(sig)
+    with pair.connect() as c:  # a forwarding flag other than 0/1 counts as forwarding
+        assert c.same(w.extension("session-bind@openssh.com", body + b"\x02"), "fwd=2") == OK
+        assert c.same(w.extension("session-bind@openssh.com", body + b"\x01"), "again") == OK
+    with pair.connect() as c:
+        assert c.same(w.extension("session-bind@openssh.com", body), "no flag") == FAIL
+        assert c.same(w.extension(""), "empty extension name") == FAIL
+    with pair.connect() as c:  # an ECDSA host key
+        ec_host = keys["nistp384"]
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        r, s_ = decode_dss_signature(ec_host.private.sign(sid, ec.ECDSA(hashes.SHA384())))  # type: ignore[attr-defined]
+        ec_sig = w.string("ecdsa-sha2-nistp384") + w.string(w.mpint(r) + w.mpint(s_))
+        bind = w.string(ec_host.blob) + w.string(sid) + w.string(ec_sig) + b"\x00"
+        assert c.same(w.extension("session-bind@openssh.com", bind), "ECDSA host key") == OK
+
+
+def test_lifetime_runs_out(pair: Agents, keys: dict[str, WireKey]) -> None:
+    """No timing asserted: both agents must have dropped the key some time after 1 s."""
+    key, other = keys["ed25519"], keys["nistp256"]
+    with pair.connect() as c:
+        c.same(key.add("short", w.lifetime(1)), "add with lifetime 1")
+        c.same(other.add("long", w.lifetime(3600)), "add with lifetime 3600")
+        assert wait_until(lambda: c.both(w.LIST) == (listing((other, "long")),) * 2, timeout=60), (
+            c.log[-2:]
+        )
+        assert c.same(key.sign(b"d"), "sign after expiry") == FAIL
