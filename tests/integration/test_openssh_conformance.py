@@ -810,3 +810,48 @@ def test_lifetime_runs_out(pair: Agents, keys: dict[str, WireKey]) -> None:
             c.log[-2:]
         )
         assert c.same(key.sign(b"d"), "sign after expiry") == FAIL
+
+
+def test_seeded_destination_chains_match_openssh(pair: Agents) -> None:
+    """Random destination constraints against random chains of session-binds: what
+    each connection lists and which userauth requests sign must match OpenSSH."""
+    rng = random.Random(RANDOM_SEED)
+    hosts = [w.ed25519_key() for _ in range(4)]
+    pool = [w.ed25519_key(), w.ecdsa_key("nistp256"), w.ed25519_key()]
+    outcomes: dict[str, int] = {}
+    for rnd in range(16):
+        with pair.connect() as c:
+            for i, key in enumerate(pool):
+                pairs = []
+                for _ in range(rng.randrange(1, 4)):
+                    src = rng.choice([None, None, None, *range(len(hosts))])
+                    dst = rng.randrange(len(hosts))
+                    user = rng.choice(["", "", "alice", "a*"])
+                    from_hop = w.hop() if src is None else w.hop("", f"h{src}", (hosts[src].blob,))
+                    pairs.append((from_hop, w.hop(user, f"h{dst}", (hosts[dst].blob,))))
+                c.same(key.add(f"k{i}", w.restrict_destination(*pairs)), f"round {rnd} add")
+            c.same(w.LIST, f"round {rnd} list on a local connection")
+        for _conn in range(4):
+            with pair.connect() as c:
+                chain = [rng.randrange(len(hosts)) for _ in range(rng.choice([1, 1, 2, 3]))]
+                sids = [rng.randbytes(32) for _ in chain]
+                for j, (h, sid) in enumerate(zip(chain, sids, strict=True)):
+                    last = j == len(chain) - 1
+                    forwarding = not last or rng.random() < 0.15
+                    c.same(w.session_bind(hosts[h], sid, forwarding), f"round {rnd} bind")
+                c.same(w.LIST, f"round {rnd} list after binds {chain}")
+                for key in pool:
+                    user = rng.choice(["alice", "alice", "bob", "ann"])
+                    host = hosts[chain[-1]]
+                    data = w.userauth_request(sids[-1], user, key, host)
+                    if rng.random() < 0.2:  # plain "publickey": no host key in the request
+                        data = data.replace(
+                            w.string("publickey-hostbound-v00@openssh.com"), w.string("publickey")
+                        )[: -len(w.string(host.blob))]
+                    got = c.same(key.sign(data), f"round {rnd} sign as {user} after {chain}")
+                    outcomes[got.kind] = outcomes.get(got.kind, 0) + 1
+        with pair.connect() as c:
+            c.same(w.REMOVE_ALL_MSG, "clean")
+    # the mix reached both verdicts
+    print(f"destination chains: {outcomes}")
+    assert outcomes.get("SIGN_RESPONSE", 0) >= 3 and outcomes.get("FAILURE", 0) >= 3, outcomes
