@@ -49,6 +49,7 @@ MAX_SESSION_ID = 128  # bytes, as OpenSSH (AGENT_MAX_SID_LEN); hashes are at mos
 #: agent might be forwarded, old or non-OpenSSH"; OpenSSH's agent answers it as 19.
 SSH1_REMOVE_ALL_RSA_IDENTITIES = 9
 MAX_DESTINATION_CONSTRAINTS = 1024  # per key, as OpenSSH (AGENT_MAX_DEST_CONSTRAINTS)
+MAX_USER_PATTERN = 256  # bytes, as OpenSSH 10.5 (AGENT_USER_CONSTRAINT_MAX_LEN)
 LISTING_WARNING_INTERVAL_S = 10.0
 
 FAILURE = protocol.FAILURE_FRAME
@@ -621,6 +622,12 @@ class Dispatcher:
         # A module's keys cannot carry a listener scope, and loading code into the agent
         # is the owner's decision: never through a scoped listener.
         self._main_only(ctx, "PKCS#11 modules may be added")
+        if ctx.bindings or ctx.bind_attempted:
+            # OpenSSH 9.4 (CVE-2023-38408): a session-bound (forwarded) connection
+            # never loads a module, whatever the allow-list says.
+            raise Refused(
+                RequestOutcome.ADD_REFUSED, "PKCS#11 modules may not be added from a remote host"
+            )
         if req.constraints.lifetime or req.constraints.confirm or req.constraints.extensions:
             raise Refused(
                 RequestOutcome.UNSUPPORTED, "constraints on smartcard keys are not supported"
@@ -782,14 +789,16 @@ class Dispatcher:
 
 def _destination_problem(dests: protocol.DestinationConstraints) -> str:
     """Why OpenSSH's ``parse_dest_constraint`` would refuse these destinations ("" when
-    it would not): user and host names are C strings (no NUL byte); a "from" hop names
-    a host exactly when it lists host keys and never a user; a "to" hop needs a host
-    and its keys; at most 1024 constraints."""
+    it would not): user and host names are C strings (no NUL byte), user patterns at
+    most 256 bytes; a "from" hop names a host exactly when it lists host keys and never
+    a user; a "to" hop needs a host and its keys; at most 1024 constraints."""
     if len(dests.constraints) > MAX_DESTINATION_CONSTRAINTS:
         return "too many destination constraints"
     for c in dests.constraints:
         if any("\x00" in f for h in (c.from_hop, c.to_hop) for f in (h.user, h.hostname)):
             return "destination constraint host or user contains a NUL byte"
+        if len(c.to_hop.user.encode("utf-8", "surrogateescape")) > MAX_USER_PATTERN:
+            return "destination constraint user pattern too long"
         if bool(c.from_hop.hostname) != bool(c.from_hop.keys) or c.from_hop.user:
             return 'inconsistent "from" hop in destination constraint'
         if not (c.to_hop.hostname and c.to_hop.keys):
