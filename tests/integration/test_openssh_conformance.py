@@ -855,3 +855,68 @@ def test_seeded_destination_chains_match_openssh(pair: Agents) -> None:
     # the mix reached both verdicts
     print(f"destination chains: {outcomes}")
     assert outcomes.get("SIGN_RESPONSE", 0) >= 3 and outcomes.get("FAILURE", 0) >= 3, outcomes
+
+
+def test_destination_user_pattern_length_is_capped(pair: Agents, keys: dict[str, WireKey]) -> None:
+    """OpenSSH 10.5 (10f66b2a): user patterns over 256 bytes are refused (wildcard-heavy
+    patterns made matching a CPU sink); 9.2 still takes them."""
+    key, host = keys["ed25519"], keys["nistp256"]
+    with pair.connect() as c:
+        for n, expect_ours in ((256, OK), (257, FAIL)):
+            user = "a*" * (n // 2) + "b" * (n % 2)
+            dest = w.restrict_destination((w.hop(), w.hop(user, "h", keys=(host.blob,))))
+            ours, theirs = c.both(key.add("d", dest))
+            assert ours == expect_ours, (n, ours)
+            assert theirs in (OK, FAIL)
+
+
+def test_pkcs11_module_is_never_added_over_a_bound_connection(tmp_path: Path) -> None:
+    """OpenSSH 9.4 (1f2731f5, after CVE-2023-38408): a connection that tried a
+    session-bind is remote, and loads no PKCS#11 module even from the allow-list.
+    A direct connection adds the same module, as OpenSSH's agent does."""
+    import softhsm
+
+    require_tool("ssh-agent")
+    softhsm.require_softhsm()
+    hsm = softhsm.SoftHsm.create(tmp_path / "hsm")
+    token = hsm.init_token("conform", pin="1234")
+    token.generate("EC:prime256v1", key_id="01", label="ec")  # 9.2: no PKCS#11 Ed25519
+    env = {**os.environ, **hsm.env}
+    theirs_sock = tmp_path / "openssh.sock"
+    theirs = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", str(theirs_sock)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    ours = None
+    try:
+        wait_for_socket(theirs_sock, proc=theirs)  # type: ignore[arg-type]
+        (tmp_path / "ours").mkdir()
+        ours = start_agent(tmp_path / "ours", env=hsm.env)
+        agents = Agents(ours, theirs_sock, theirs)
+        add = bytes((w.ADD_SMARTCARD,)) + w.string(hsm.module) + w.string(token.pin)
+        host = w.ed25519_key()
+        for bind in (
+            w.session_bind(host, b"\x01" * 32, True),  # forwarded
+            w.session_bind(host, b"\x02" * 32, False),  # bound for authentication
+            w.session_bind(host, b"\x03" * 32, True, bad=True),  # a bind was attempted
+        ):
+            with agents.connect() as c:
+                c.both(bind)
+                ours_reply, theirs_reply = c.both(add)
+                assert ours_reply == FAIL, "module added over a session-bound connection"
+                assert theirs_reply in (OK, FAIL)  # OK: OpenSSH before 9.4
+                c.both(bytes((w.REMOVE_SMARTCARD,)) + w.string(hsm.module) + w.string(""))
+        with agents.connect() as c:
+            assert c.same(add, "add the module on a direct connection") == OK
+            listed = c.same(w.LIST, "token keys listed")
+            assert len(listed.identities) == 1
+            remove = bytes((w.REMOVE_SMARTCARD,)) + w.string(hsm.module) + w.string("")
+            assert c.same(remove, "remove the module") == OK
+    finally:
+        if ours is not None:
+            ours.stop()
+        theirs.send_signal(signal.SIGTERM)
+        theirs.wait(15)
