@@ -32,6 +32,7 @@ from secretivex.policy.destination import (
     DestinationCheck,
     SessionBinding,
     check_destination,
+    identity_permitted,
     listing_permitted,
 )
 from secretivex.policy.engine import Policy
@@ -539,6 +540,9 @@ class Dispatcher:
                     RequestOutcome.ADD_REFUSED,
                     f"key is served by store {holder}; only the main socket may add it",
                 )
+        held = await self.registry.owner(key.public_blob)
+        if held is not None and _hidden_by_destination(ctx, held[1]):
+            raise Refused(RequestOutcome.DESTINATION_DENIED, "key not permitted here", key=held[1])
         ident = self._store_added(ctx, key, req.comment, c, extra)
         log.info(
             "added key %s %s (lifetime=%s confirm=%s destinations=%d)",
@@ -588,6 +592,8 @@ class Dispatcher:
         found = await self.registry.owner(req.key_blob)
         if found is None or not ctx.listener.sees(found[1]):
             raise Refused(RequestOutcome.NOT_FOUND)
+        if _hidden_by_destination(ctx, found[1]):
+            raise Refused(RequestOutcome.DESTINATION_DENIED, "key not permitted here", key=found[1])
         if ctx.listener.is_main and self.registry.memory.remove(req.key_blob, origin=""):
             return SUCCESS
         if not self.registry.is_removable(found[0]):
@@ -785,6 +791,16 @@ class Dispatcher:
             entry for entry in listeners if isinstance(entry, dict) and entry.get("socket") == own
         ]
         return orjson.dumps(doc, default=str)
+
+
+def _hidden_by_destination(ctx: ConnectionContext, ident: Identity) -> bool:
+    """Whether this connection's session-binds make a destination-constrained key "not
+    visible" (OpenSSH's identity_permitted), so it may neither remove nor replace it."""
+    if not ident.constraints:
+        return False
+    if not ctx.bindings:
+        return ctx.bind_attempted
+    return not identity_permitted(ident, ctx.bindings, None).allowed
 
 
 def _destination_problem(dests: protocol.DestinationConstraints) -> str:
