@@ -419,6 +419,15 @@ class AgentFuzzer:
         if self.locked is not None:
             self.expect(reply, FAILURE, "add while locked")
             return
+        old = self.model.get(key.blob)
+        if old is not None and self._hidden(c, old):
+            # As OpenSSH: a key this connection's binds do not permit is not replaced.
+            state = old.state(t0, t1)
+            if state == "present":
+                self.expect(reply, FAILURE, f"re-add of hidden {old.comment}")
+                return
+            if state == "either" and reply[0] == FAILURE:
+                return
         self.expect(reply, SUCCESS, f"add {comment}")
         self.model[key.blob] = mk  # re-adding replaces comment and constraints
 
@@ -440,6 +449,12 @@ class AgentFuzzer:
             return
         mk = self.model.get(blob)
         state = "gone" if mk is None else mk.state(t0, t1)
+        if mk is not None and state != "gone" and self._hidden(c, mk):
+            # As OpenSSH: a key this connection's binds do not permit is not removed.
+            if state == "present":
+                self.expect(reply, FAILURE, f"remove hidden {what}")
+            if reply[0] == FAILURE:
+                return
         if state == "present":
             self.expect(reply, SUCCESS, f"remove {what}")
         elif state == "gone":
@@ -447,6 +462,15 @@ class AgentFuzzer:
         elif reply[0] not in (SUCCESS, FAILURE):
             raise self.fail(f"remove {what}: reply {reply[0]}")
         self.model.pop(blob, None)
+
+    @staticmethod
+    def _hidden(c: Conn, mk: ModelKey) -> bool:
+        """Whether ``c``'s session-binds make destination-constrained ``mk`` invisible."""
+        if mk.dest_host is None:
+            return False
+        if c.session is None:
+            return c.bind_attempted
+        return mk.dest_host != c.session[0]
 
     def op_remove_all(self) -> None:
         c = self.conn()

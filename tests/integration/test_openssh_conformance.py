@@ -920,3 +920,29 @@ def test_pkcs11_module_is_never_added_over_a_bound_connection(tmp_path: Path) ->
             ours.stop()
         theirs.send_signal(signal.SIGTERM)
         theirs.wait(15)
+
+
+def test_bound_connection_cannot_remove_or_replace_a_key_it_may_not_use(
+    pair: Agents, keys: dict[str, WireKey]
+) -> None:
+    """OpenSSH's process_remove_identity and process_add_identity: a key the
+    connection's bindings do not permit is "not visible": it can be neither removed
+    nor re-added (re-constrained) there. ssh-add -D still clears everything."""
+    key, host_b, host_c = keys["nistp256"], w.ed25519_key(), w.ed25519_key()
+    with pair.connect() as c:
+        dest = w.restrict_destination((w.hop(), w.hop(hostname="c", keys=(host_c.blob,))))
+        assert c.same(key.add("only-to-c", dest), "add") == OK
+    with pair.connect() as c:  # forwarded to B: the key is not usable beyond B
+        assert c.same(w.session_bind(host_b, b"\x0b" * 32, True), "bind A->B fwd") == OK
+        assert c.same(key.remove(), "remove from B") == FAIL
+        assert c.same(key.add("taken over"), "re-add from B without constraints") == FAIL
+    with pair.connect() as c:  # a failed bind: not local either
+        c.same(w.session_bind(host_b, b"\x0c" * 32, True, bad=True), "bad bind")
+        ours, theirs = c.both(key.remove())
+        assert ours == FAIL  # OpenSSH 9.6+; 9.2 still treats the connection as local
+        if theirs == OK:
+            assert c.theirs.request(key.add("only-to-c", dest)) == OK
+    with pair.connect() as c:
+        assert c.same(w.LIST, "still there") == listing((key, "only-to-c"))
+        assert c.same(w.session_bind(host_c, b"\x0d" * 32, False), "bind A->C") == OK
+        assert c.same(key.remove(), "remove where it is usable") == OK
