@@ -32,6 +32,7 @@ from secretivex.policy.destination import (
     DestinationCheck,
     SessionBinding,
     check_destination,
+    identity_permitted,
     listing_permitted,
 )
 from secretivex.policy.engine import Policy
@@ -44,6 +45,12 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_EXTENSIONS = (protocol.EXT_QUERY, protocol.EXT_SESSION_BIND, protocol.EXT_HEALTH)
 MAX_BINDINGS = 16  # per connection, as OpenSSH
+MAX_SESSION_ID = 128  # bytes, as OpenSSH (AGENT_MAX_SID_LEN); hashes are at most 64
+#: SSH_AGENTC_REMOVE_ALL_RSA_IDENTITIES: ``ssh-add -D`` sends it after 19 "since the
+#: agent might be forwarded, old or non-OpenSSH"; OpenSSH's agent answers it as 19.
+SSH1_REMOVE_ALL_RSA_IDENTITIES = 9
+MAX_DESTINATION_CONSTRAINTS = 1024  # per key, as OpenSSH (AGENT_MAX_DEST_CONSTRAINTS)
+MAX_USER_PATTERN = 256  # bytes, as OpenSSH 10.5 (AGENT_USER_CONSTRAINT_MAX_LEN)
 LISTING_WARNING_INTERVAL_S = 10.0
 
 FAILURE = protocol.FAILURE_FRAME
@@ -56,6 +63,9 @@ class ConnectionContext:
     peer: PeerCredentials
     conn_id: int
     bindings: list[SessionBinding] = field(default_factory=list)
+    #: A session-bind was attempted on this connection (OpenSSH 9.6): if none was
+    #: recorded, destination-constrained keys are neither listed nor used here.
+    bind_attempted: bool = False
     #: The client's socket, watched for a hang-up while a confirmation is pending.
     sock: socket.socket | None = None
     _provenance: tuple[str, tuple[str, ...]] | None = None
@@ -105,8 +115,9 @@ Handler = Callable[[ConnectionContext, Any], Awaitable[bytes]]
 #: A handler's synchronous part: the reply, or None when the request must wait.
 QuickHandler = Callable[[ConnectionContext, Any], "bytes | None"]
 
-#: What a locked agent still answers.
-_WHILE_LOCKED = frozenset((RequestKind.UNLOCK, RequestKind.LIST))
+#: What a locked agent still answers: extensions too, of which only session-bind is
+#: processed while locked (OpenSSH 10.5), the rest refused in ``extension``.
+_WHILE_LOCKED = frozenset((RequestKind.UNLOCK, RequestKind.LIST, RequestKind.EXTENSION))
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +213,14 @@ class Dispatcher:
             return FAILURE
         route = self._routes.get(type(request))
         if route is None:
-            self._observe(ctx, RequestKind.UNKNOWN, RequestOutcome.UNSUPPORTED, start)
-            return FAILURE
+            if not (
+                type(request) is protocol.UnknownRequest
+                and request.msg_type == SSH1_REMOVE_ALL_RSA_IDENTITIES
+                and not request.body
+            ):
+                self._observe(ctx, RequestKind.UNKNOWN, RequestOutcome.UNSUPPORTED, start)
+                return FAILURE
+            route = self._routes[protocol.RemoveAllIdentities]
         if self.lock.locked and route.kind not in _WHILE_LOCKED:
             self._observe(ctx, route.kind, RequestOutcome.LOCKED, start)
             return FAILURE
@@ -300,14 +317,18 @@ class Dispatcher:
     def _listing(self, ctx: ConnectionContext, idents: tuple[Identity, ...]) -> bytes:
         # Only a bound connection with destination-constrained keys around needs its own
         # listing; everyone else shares the listener's cached frame.
-        bound = bool(ctx.bindings) and self._constrained(idents)
+        bound = (bool(ctx.bindings) or ctx.bind_attempted) and self._constrained(idents)
         cached = None if bound else self._listing_frames.get(id(ctx.listener))
         if cached is not None and cached[0] is idents:
             self.metrics.on_list_cache(True)
             return cached[1]
         self.metrics.on_list_cache(False)
         visible = (i for i in idents if ctx.listener.sees(i) and self.policy.permits(i))
-        if bound:
+        if bound and not ctx.bindings:
+            # Every session-bind on this connection failed: not a local connection
+            # either, so no destination-constrained key (OpenSSH 9.6).
+            visible = (i for i in visible if not i.constraints)
+        elif bound:
             # A connection ssh bound to a session (possibly forwarded) sees only keys
             # its hops permit, as OpenSSH's agent lists them.
             visible = (i for i in visible if listing_permitted(i, ctx.bindings))
@@ -498,12 +519,18 @@ class Dispatcher:
             )
         except KeyLoadError as exc:
             raise Refused(RequestOutcome.BAD_KEY, str(exc)) from None
+        if "\x00" in req.comment:  # OpenSSH reads a C string: a NUL byte is malformed
+            raise Refused(RequestOutcome.BAD_REQUEST, "key comment contains a NUL byte")
         extra = tuple(e for e in c.extensions if isinstance(e, protocol.DestinationConstraints))
         others = [e for e in c.extensions if not isinstance(e, protocol.DestinationConstraints)]
         if others:
             raise Refused(
                 RequestOutcome.UNSUPPORTED, f"constraint {type(others[0]).__name__} not supported"
             )
+        for dests in extra:
+            problem = _destination_problem(dests)
+            if problem:
+                raise Refused(RequestOutcome.BAD_REQUEST, problem)
         if not ctx.listener.is_main:
             # Only the owner may put constraints on (or a lifetime to) a key the agent
             # serves from its configuration.
@@ -513,6 +540,9 @@ class Dispatcher:
                     RequestOutcome.ADD_REFUSED,
                     f"key is served by store {holder}; only the main socket may add it",
                 )
+        held = await self.registry.owner(key.public_blob)
+        if held is not None and _hidden_by_destination(ctx, held[1]):
+            raise Refused(RequestOutcome.DESTINATION_DENIED, "key not permitted here", key=held[1])
         ident = self._store_added(ctx, key, req.comment, c, extra)
         log.info(
             "added key %s %s (lifetime=%s confirm=%s destinations=%d)",
@@ -538,7 +568,11 @@ class Dispatcher:
             return self.registry.memory.add(
                 key,
                 comment,
-                lifetime_s=c.lifetime or self.default_lifetime_s or None,
+                # An explicit lifetime, even 0 (expired at once, as OpenSSH), wins
+                # over the agent's default.
+                lifetime_s=c.lifetime
+                if c.lifetime is not None
+                else self.default_lifetime_s or None,
                 confirm=c.confirm,
                 constraints=extra,
                 origin=ctx.listener.origin,
@@ -558,6 +592,8 @@ class Dispatcher:
         found = await self.registry.owner(req.key_blob)
         if found is None or not ctx.listener.sees(found[1]):
             raise Refused(RequestOutcome.NOT_FOUND)
+        if _hidden_by_destination(ctx, found[1]):
+            raise Refused(RequestOutcome.DESTINATION_DENIED, "key not permitted here", key=found[1])
         if ctx.listener.is_main and self.registry.memory.remove(req.key_blob, origin=""):
             return SUCCESS
         if not self.registry.is_removable(found[0]):
@@ -592,6 +628,12 @@ class Dispatcher:
         # A module's keys cannot carry a listener scope, and loading code into the agent
         # is the owner's decision: never through a scoped listener.
         self._main_only(ctx, "PKCS#11 modules may be added")
+        if ctx.bindings or ctx.bind_attempted:
+            # OpenSSH 9.4 (CVE-2023-38408): a session-bound (forwarded) connection
+            # never loads a module, whatever the allow-list says.
+            raise Refused(
+                RequestOutcome.ADD_REFUSED, "PKCS#11 modules may not be added from a remote host"
+            )
         if req.constraints.lifetime or req.constraints.confirm or req.constraints.extensions:
             raise Refused(
                 RequestOutcome.UNSUPPORTED, "constraints on smartcard keys are not supported"
@@ -637,6 +679,9 @@ class Dispatcher:
     async def lock_agent(self, ctx: ConnectionContext, req: protocol.Lock) -> bytes:
         if not ctx.listener.allow_lock:
             raise Refused(RequestOutcome.LOCK_REFUSED, "locking is disabled on this socket")
+        if b"\x00" in req.passphrase:
+            # A C string to OpenSSH (which exits on it); no ssh-add -x can send one.
+            raise Refused(RequestOutcome.BAD_REQUEST, "lock passphrase contains a NUL byte")
         try:
             locked = await self.lock.lock(req.passphrase)
         except EmptyPassphrase as exc:
@@ -661,12 +706,17 @@ class Dispatcher:
     # -- extensions -------------------------------------------------------------------
 
     async def extension(self, ctx: ConnectionContext, req: protocol.Extension) -> bytes:
+        if req.name == protocol.EXT_SESSION_BIND:
+            # Processed while locked too (OpenSSH 10.5): a connection forwarded while
+            # the agent is locked must still be recorded as forwarded, or after unlock
+            # its next hop's bind would pass for a direct connection from this host.
+            return await self._session_bind(ctx, req)
+        if self.lock.locked:
+            raise Refused(RequestOutcome.LOCKED)
         if req.name == protocol.EXT_QUERY:
             return _extension_reply(
                 protocol.EXT_QUERY, protocol.encode_query_reply(SUPPORTED_EXTENSIONS)
             )
-        if req.name == protocol.EXT_SESSION_BIND:
-            return await self._session_bind(ctx, req)
         if req.name == protocol.EXT_HEALTH:
             return _extension_reply(protocol.EXT_HEALTH, await self._health_json(ctx))
         # draft-miller-ssh-agent §3.8 and OpenSSH's process_extension: an extension the
@@ -675,10 +725,13 @@ class Dispatcher:
         raise Refused(RequestOutcome.UNSUPPORTED, f"unsupported extension {req.name[:64]!r}")
 
     async def _session_bind(self, ctx: ConnectionContext, req: protocol.Extension) -> bytes:
+        ctx.bind_attempted = True
         try:
             bind = protocol.parse_session_bind(req.contents)
         except protocol.ProtocolError as exc:
             raise Refused(RequestOutcome.BAD_REQUEST, str(exc)) from None
+        if len(bind.session_id) > MAX_SESSION_ID:
+            raise Refused(RequestOutcome.BIND_INVALID, "session id too long")
         # Host keys are capped as OpenSSH caps them (RSA 1024-16384 bits); the
         # verification itself (up to ~10 ms for a hostile RSA key) releases the GIL,
         # so bursts of binds run in worker threads, not on the event loop.
@@ -691,17 +744,20 @@ class Dispatcher:
         )
         if not verified:
             raise Refused(RequestOutcome.BIND_INVALID, "session-bind signature does not verify")
+        # As OpenSSH's process_ext_session_bind: a connection bound for authentication
+        # takes no further bind (not even the same one again); on a forwarding chain
+        # the same bind again is a no-op and a session id rebound to another key fails.
+        if ctx.bindings and not ctx.bindings[-1].is_forwarding:
+            raise Refused(
+                RequestOutcome.BIND_INVALID, "connection already bound for authentication"
+            )
         for existing in ctx.bindings:
             if existing.session_id == bind.session_id:
                 if existing.host_key != bind.host_key:
                     raise Refused(
                         RequestOutcome.BIND_INVALID, "session id rebound to another host key"
                     )
-                return SUCCESS  # idempotent, as OpenSSH
-        if ctx.bindings and not ctx.bindings[-1].is_forwarding:
-            raise Refused(
-                RequestOutcome.BIND_INVALID, "connection already bound for authentication"
-            )
+                return SUCCESS
         if len(ctx.bindings) >= MAX_BINDINGS:
             raise Refused(RequestOutcome.BIND_INVALID, "too many session bindings")
         ctx.bindings.append(SessionBinding(bind.host_key, bind.session_id, bind.is_forwarding))
@@ -735,6 +791,35 @@ class Dispatcher:
             entry for entry in listeners if isinstance(entry, dict) and entry.get("socket") == own
         ]
         return orjson.dumps(doc, default=str)
+
+
+def _hidden_by_destination(ctx: ConnectionContext, ident: Identity) -> bool:
+    """Whether this connection's session-binds make a destination-constrained key "not
+    visible" (OpenSSH's identity_permitted), so it may neither remove nor replace it."""
+    if not ident.constraints:
+        return False
+    if not ctx.bindings:
+        return ctx.bind_attempted
+    return not identity_permitted(ident, ctx.bindings, None).allowed
+
+
+def _destination_problem(dests: protocol.DestinationConstraints) -> str:
+    """Why OpenSSH's ``parse_dest_constraint`` would refuse these destinations ("" when
+    it would not): user and host names are C strings (no NUL byte), user patterns at
+    most 256 bytes; a "from" hop names a host exactly when it lists host keys and never
+    a user; a "to" hop needs a host and its keys; at most 1024 constraints."""
+    if len(dests.constraints) > MAX_DESTINATION_CONSTRAINTS:
+        return "too many destination constraints"
+    for c in dests.constraints:
+        if any("\x00" in f for h in (c.from_hop, c.to_hop) for f in (h.user, h.hostname)):
+            return "destination constraint host or user contains a NUL byte"
+        if len(c.to_hop.user.encode("utf-8", "surrogateescape")) > MAX_USER_PATTERN:
+            return "destination constraint user pattern too long"
+        if bool(c.from_hop.hostname) != bool(c.from_hop.keys) or c.from_hop.user:
+            return 'inconsistent "from" hop in destination constraint'
+        if not (c.to_hop.hostname and c.to_hop.keys):
+            return 'incomplete "to" hop in destination constraint'
+    return ""
 
 
 def _store_health(h: StoreHealth) -> dict[str, Any]:

@@ -155,9 +155,13 @@ class MemoryStore(KeyStore):
             key_type=key.key_type,
             origin=origin,
         )
-        expires = time.monotonic() + lifetime_s if lifetime_s else None
+        # A lifetime of 0 has run out already (OpenSSH: death = now): the key is
+        # replaced, then expires on the next look, as ssh-agent's reaper drops it.
+        expires = time.monotonic() + lifetime_s if lifetime_s is not None else None
         if existing is not None:
-            self._forget(blob)
+            # Replaced in place: the key keeps its position in listings (as OpenSSH).
+            self._bytes -= existing.size
+            self._listing_bytes -= existing.listing_size
         lapses = lapses and expires is not None and origin == MAIN_ORIGIN
         self._entries[blob] = _Entry(key, identity, expires, size, listing_size, lapses)
         if origin == MAIN_ORIGIN:

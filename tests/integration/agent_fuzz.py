@@ -210,6 +210,9 @@ class Conn:
     sock: socket.socket
     label: str
     session: tuple[int, bytes] | None = None  # (host index, session id) of the auth bind
+    #: A session-bind was tried here (OpenSSH 9.6): with none recorded, this connection
+    #: sees no destination-constrained key.
+    bind_attempted: bool = False
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -345,12 +348,13 @@ class AgentFuzzer:
             if (
                 state != "gone"
                 and conn is not None
-                and conn.session is not None
                 and mk.dest_host is not None
-                and mk.dest_host != conn.session[0]
+                and (conn.session is not None or conn.bind_attempted)
+                and (conn.session is None or mk.dest_host != conn.session[0])
             ):
                 # As OpenSSH: a bound connection lists a destination-constrained key only
-                # when its bound host is a permitted destination.
+                # when its bound host is a permitted destination; one whose binds all
+                # failed lists none.
                 continue
             if state == "present":
                 must[blob] = mk.comment
@@ -415,6 +419,15 @@ class AgentFuzzer:
         if self.locked is not None:
             self.expect(reply, FAILURE, "add while locked")
             return
+        old = self.model.get(key.blob)
+        if old is not None and self._hidden(c, old):
+            # As OpenSSH: a key this connection's binds do not permit is not replaced.
+            state = old.state(t0, t1)
+            if state == "present":
+                self.expect(reply, FAILURE, f"re-add of hidden {old.comment}")
+                return
+            if state == "either" and reply[0] == FAILURE:
+                return
         self.expect(reply, SUCCESS, f"add {comment}")
         self.model[key.blob] = mk  # re-adding replaces comment and constraints
 
@@ -436,6 +449,12 @@ class AgentFuzzer:
             return
         mk = self.model.get(blob)
         state = "gone" if mk is None else mk.state(t0, t1)
+        if mk is not None and state != "gone" and self._hidden(c, mk):
+            # As OpenSSH: a key this connection's binds do not permit is not removed.
+            if state == "present":
+                self.expect(reply, FAILURE, f"remove hidden {what}")
+            if reply[0] == FAILURE:
+                return
         if state == "present":
             self.expect(reply, SUCCESS, f"remove {what}")
         elif state == "gone":
@@ -443,6 +462,15 @@ class AgentFuzzer:
         elif reply[0] not in (SUCCESS, FAILURE):
             raise self.fail(f"remove {what}: reply {reply[0]}")
         self.model.pop(blob, None)
+
+    @staticmethod
+    def _hidden(c: Conn, mk: ModelKey) -> bool:
+        """Whether ``c``'s session-binds make destination-constrained ``mk`` invisible."""
+        if mk.dest_host is None:
+            return False
+        if c.session is None:
+            return c.bind_attempted
+        return mk.dest_host != c.session[0]
 
     def op_remove_all(self) -> None:
         c = self.conn()
@@ -587,14 +615,15 @@ class AgentFuzzer:
         )
         reply = c.request(protocol.encode_request(Extension(protocol.EXT_SESSION_BIND, contents)))
         self.note(f"session-bind host{host_index} on {c.label} bad_sig={bad_signature}")
-        if self.locked is not None or bad_signature:
-            self.expect(reply, FAILURE, "session-bind (locked or bad signature)")
+        c.bind_attempted = True
+        # Processed while locked too (OpenSSH 10.5). A connection bound for
+        # authentication takes no further bind, not even the same one (OpenSSH).
+        if bad_signature:
+            self.expect(reply, FAILURE, "session-bind with a bad signature")
             return
         if c.session is None:
             self.expect(reply, SUCCESS, "first session-bind")
             c.session = (host_index, session_id)
-        elif c.session == (host_index, session_id):
-            self.expect(reply, SUCCESS, "repeated session-bind")
         else:
             self.expect(reply, FAILURE, "second auth session-bind on one connection")
 
@@ -689,11 +718,14 @@ class AgentFuzzer:
         )
 
     def op_hostile_payload(self) -> None:
-        """A well-framed message the agent must refuse without changing any state."""
+        """A well-framed message the agent must refuse without changing any state (but a
+        failed session-bind, which marks its connection, as OpenSSH)."""
         c = self.conn()
         what, payload = self._hostile_payload()
         reply = c.request(payload)
         self.note(f"hostile {what} on {c.label}")
+        if what == "bad session-bind":
+            c.bind_attempted = True
         self.expect(reply, FAILURE, f"hostile {what}")
         self.counts["hostile_refused"] += 1
 
