@@ -122,6 +122,13 @@ def build_listener_specs(settings: RuntimeSettings) -> list[ListenerSpec]:
     return specs
 
 
+class _Refused(asyncio.Protocol):
+    """A connection to a socket no listener serves: closed as soon as it is accepted."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
 @dataclass(eq=False)
 class _Serving:
     spec: ListenerSpec
@@ -153,6 +160,9 @@ class Agent:
         self._reload_settings = reload_settings
         self._on_listening = on_listening
         self._inherited = dict(inherited or {})
+        #: Sockets passed by socket activation that no listener serves, by fd: their
+        #: connections are closed at once until a reload adds a listener for them.
+        self._refusers: dict[int, asyncio.AbstractServer] = {}
         agent = settings.agent
         self.registry = StoreRegistry(
             [build_store(s) for s in settings.stores],
@@ -230,6 +240,7 @@ class Agent:
                 try:
                     for serving in self._serving.values():
                         tg.start_soon(self._serve_listener, serving)
+                    await self._refuse_unclaimed()
                     # Handlers first: a SIGHUP right after READY=1 must reload, not kill.
                     await tg.start(self._signals)
                     for store in self.registry.stores:
@@ -254,6 +265,9 @@ class Agent:
                     self.tracker.drain()  # connections made while the listeners closed
                 tg.cancel_scope.cancel()
         finally:
+            for refuser in self._refusers.values():
+                refuser.close()
+            self._refusers.clear()
             for serving in list(self._serving.values()):
                 serving.unlink()
             self._serving.clear()
@@ -305,6 +319,9 @@ class Agent:
         inherited = take_inherited(self._inherited, spec.name, str(spec.path))
         identity: tuple[int, int] | None = None
         if inherited is not None:
+            refuser = self._refusers.pop(inherited.fileno(), None)
+            if refuser is not None:  # a reload added the listener for it: served now
+                refuser.close()
             spec.adopt_socket_file()
             sock = inherited
         else:
@@ -317,6 +334,31 @@ class Agent:
         serving = _Serving(spec, sock, inherited=inherited is not None, identity=identity)
         self._serving[spec.path] = serving
         return serving
+
+    async def _refuse_unclaimed(self) -> None:
+        """Close at once every connection to a socket systemd passed that no listener
+        serves (a socket unit enabled without its ``listeners:`` entry): left alone, its
+        clients would wait in the backlog forever, since systemd does not start an agent
+        that already runs. Each such socket gets one WARNING saying what to do."""
+        loop = asyncio.get_running_loop()
+        for label, sock in self._inherited.items():
+            if sock.fileno() in self._refusers:
+                continue
+            path = systemd.socket_path(sock) or label
+            log.warning(
+                "socket activation passed %s, but no listener in the config serves it: "
+                "its clients are disconnected at once (add a listeners: entry with "
+                "socket: %s, then reload; or disable that socket unit)",
+                path,
+                path,
+            )
+            # A duplicate descriptor: closing the refuser leaves the inherited one open
+            # for the listener a reload may add.
+            spare = sock.dup()
+            spare.setblocking(False)
+            self._refusers[sock.fileno()] = await loop.create_unix_server(
+                _Refused, sock=spare, backlog=self.settings.agent.listen_backlog
+            )
 
     async def _start_listener(self, spec: ListenerSpec) -> None:
         serving = await self._open_listener(spec)
@@ -459,8 +501,11 @@ class Agent:
             serving = self._serving.pop(path)
             serving.spec.retired = True
             recheck.add(path)
+            if serving.inherited:  # systemd keeps it listening: refuse, never hang
+                self._inherited[str(path)] = serving.sock.dup()
             serving.scope.cancel()
             serving.unlink()
+        await self._refuse_unclaimed()
         removed = [s for s in self.registry.configured if s not in new_stores]
         self.registry.configured = new_stores
         self._apply_agent(new.agent, policy)

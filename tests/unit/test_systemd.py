@@ -598,3 +598,70 @@ def test_take_inherited_matches_by_bound_path_before_name(tmp_path: Path) -> Non
     finally:
         for s in (by_path, misnamed, unbound):
             s.close()
+
+
+def _identities(path: Path) -> bytes:
+    """The agent's answer to a listing on ``path`` (b"" when it closes at once)."""
+    with _connect(path, time.monotonic() + 20) as conn:
+        conn.settimeout(20)  # a hang fails here, not the suite
+        head = b""
+        try:
+            conn.sendall(b"\x00\x00\x00\x01\x0b")  # SSH_AGENTC_REQUEST_IDENTITIES
+            while len(head) < 5 and (chunk := conn.recv(5 - len(head))):
+                head += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # closed before it read the request
+        return head[4:5]
+
+
+def test_a_passed_socket_no_listener_serves_is_refused_not_left_hanging(
+    short_tmp: Path,
+) -> None:
+    """A socket unit enabled without its ``listeners:`` entry: systemd keeps it
+    listening and never starts the (running) agent again, so unless the agent closes
+    its connections, every client waits forever. Refused with a WARNING until a reload
+    adds the listener; refused again when a reload removes it."""
+    tool = _require_tool("systemd-socket-activate")
+    main, ops = short_tmp / "agent.sock", short_tmp / "ops.sock"
+    config = short_tmp / "agent.yaml"
+    config.write_text("{}\n")
+    with_ops = f"listeners:\n  - socket: {ops}\n"
+    notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify_sock.bind(str(short_tmp / "notify"))
+    notify_sock.settimeout(20)
+    env = {**os.environ, "NOTIFY_SOCKET": str(short_tmp / "notify"), "HOME": str(short_tmp)}
+    env["XDG_RUNTIME_DIR"] = env["XDG_CONFIG_HOME"] = str(short_tmp)
+    env.pop("SSH_AUTH_SOCK", None)
+    cmd = [tool, "-l", str(main), "-l", str(ops), "--fdname=agent:ops"]
+    for var in ("NOTIFY_SOCKET", "HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "PATH"):
+        cmd += ["-E", var]
+    secretivex = Path(sys.executable).with_name("secretivex")
+    cmd += [str(secretivex), "agent", "--socket", str(main), "--config", str(config)]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        with notify_sock:
+            assert _identities(main) == b"\x0c"
+            assert notify_sock.recv(4096) == b"READY=1"
+            assert _identities(ops) == b""  # closed at once: ssh-add fails, never hangs
+
+            config.write_text(with_ops)
+            proc.send_signal(signal.SIGHUP)
+            assert notify_sock.recv(4096).startswith(b"RELOADING=1")
+            assert notify_sock.recv(4096) == b"READY=1"
+            assert _identities(ops) == b"\x0c"  # the reload's listener adopted it
+
+            config.write_text("{}\n")
+            proc.send_signal(signal.SIGHUP)
+            assert notify_sock.recv(4096).startswith(b"RELOADING=1")
+            assert notify_sock.recv(4096) == b"READY=1"
+            assert _identities(ops) == b""  # removed again: refused, not hanging
+            assert _identities(main) == b"\x0c"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate(timeout=10)
+    warnings = [line for line in err.splitlines() if "no listener in the config serves" in line]
+    assert len(warnings) == 2, err
+    assert f"add a listeners: entry with socket: {ops}" in warnings[0]
