@@ -8,6 +8,7 @@ escapes them by construction)."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
@@ -56,17 +57,61 @@ class TextFormatter(logging.Formatter):
 
     converter = staticmethod(time.gmtime)
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    def __init__(self, fmt: str = "%(asctime)s %(levelname)s %(name)s: %(message)s") -> None:
+        super().__init__(fmt)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(record.message)
         return super().formatMessage(record)
 
 
+def stderr_is_journal() -> bool:
+    """Whether stderr is systemd's journal stream (``$JOURNAL_STREAM`` names its device
+    and inode, ``systemd.exec(5)``): then each line carries its syslog priority as a
+    ``<N>`` prefix and no time of its own (the journal records both)."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    if not expected:
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return expected == f"{st.st_dev}:{st.st_ino}"
+
+
+#: ``logging`` levels as syslog priorities (``sd-daemon(3)``'s ``SD_ERR`` ...).
+_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+
+
+def journal_prefix(levelno: int) -> str:
+    """``<3>`` for ERROR...: what the journal reads as the line's priority."""
+    for threshold, priority in _PRIORITIES:
+        if levelno >= threshold:
+            return f"<{priority}>"
+    return "<7>"
+
+
+class JournalFormatter(logging.Formatter):
+    """Another formatter's lines, each (traceback lines too) with the record's priority
+    prefix, so ``journalctl -p warning`` shows the agent's warnings and errors."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = journal_prefix(record.levelno)
+        return "\n".join(prefix + line for line in self._inner.format(record).split("\n"))
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    if stderr_is_journal():
+        if fmt != "json":  # the journal has the time
+            formatter = TextFormatter("%(levelname)s %(name)s: %(message)s")
+        formatter = JournalFormatter(formatter)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -56,7 +56,15 @@ class AgentOptions:
 
 
 def _say(message: str) -> None:
-    sys.stderr.write(f"secretivex: {message}\n")
+    """An error, usage or ``warning: ...`` line on stderr; when stderr is the journal,
+    at the error or warning priority."""
+    from secretivex.agent.logs import stderr_is_journal
+
+    prefix = ""
+    if stderr_is_journal():
+        prefix = "<4>" if message.startswith("warning:") else "<3>"
+    lines = f"secretivex: {message}".split("\n")
+    sys.stderr.write("".join(f"{prefix}{line}\n" for line in lines))
     sys.stderr.flush()
 
 

@@ -316,6 +316,8 @@ def test_an_invalid_config_never_loops_and_never_leaves_a_client_hanging(host: H
             )
         journal = host.journal("-u secretivex.service")
         assert "agent.max_connections" in journal  # the reason, with the key, in the journal
+        # at error priority, where `journalctl -p err` (and alerting on it) looks
+        assert "agent.max_connections" in host.journal("-p err -u secretivex.service")
     finally:
         host.put("/etc/secretivex/config.yaml", good)
         host.sh("systemctl reset-failed secretivex.service")
