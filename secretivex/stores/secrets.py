@@ -77,12 +77,28 @@ def warn_if_exposed(path: Path, what: str) -> None:
         return
     _WARNED.add(marker)
     log.warning(
-        "%s %s is readable by %s (mode %04o); chmod go-rwx it",
+        "%s %s is readable by %s (mode %04o); %s",
         what,
         path,
         "group and others" if mode & 0o044 == 0o044 else "group" if mode & 0o040 else "others",
         stat.S_IMODE(mode),
+        _READ_ONLY_ADVICE if _on_read_only_mount(path) else "chmod go-rwx it",
     )
+
+
+#: What to do about a file no chmod can change (a Kubernetes Secret, a Docker secret).
+_READ_ONLY_ADVICE = (
+    "it is on a read-only mount, so set its mode where it is mounted (a Kubernetes "
+    "Secret's defaultMode: 0400, or 0440 with the pod's fsGroup, which only the pod's "
+    "containers have)"
+)
+
+
+def _on_read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 class SecretSource:

@@ -5,10 +5,13 @@ the PKCS#11 store."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 from pathlib import Path
 
-from harness import fingerprint_of, keygen, require_tool, running_agent
+import pytest
+from harness import REQUIRE_ALL, SECRETIVEX, fingerprint_of, keygen, require_tool, running_agent
 from sec_a_helpers import wait_until
 
 try:
@@ -78,3 +81,38 @@ def test_pkcs11_pin_leaves_environment_and_relogin_after_reload_works(tmp_path: 
         assert wait_until(lambda: "configuration reloaded" in agent.log(), 30), agent.log()
         assert agent.ssh_add("-l").stdout == before
         assert "PIN environment variable" not in agent.log()
+
+
+def test_a_loose_key_on_a_read_only_mount_gets_advice_that_can_be_followed(
+    tmp_path: Path,
+) -> None:
+    """A Kubernetes Secret (``defaultMode: 0440``) is a read-only mount: "chmod go-rwx
+    it" cannot be done there, so the warning says where the mode is set instead."""
+    require_tool("ssh-keygen", "unshare", "mount")
+    if os.geteuid() != 0:
+        reason = "needs root for a read-only bind mount in a private mount namespace"
+        if REQUIRE_ALL:
+            raise AssertionError(reason + " (SECRETIVEX_REQUIRE_ALL=1)")
+        pytest.skip(reason)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    key = keygen(secret, "id_ed25519", comment="from-a-secret")
+    key.chmod(0o440)
+    sock, log = tmp_path / "agent.sock", tmp_path / "agent.log"
+    script = (
+        f'mount --bind "{secret}" "{secret}" && mount -o remount,bind,ro "{secret}" && '
+        f'exec "{SECRETIVEX}" agent --socket "{sock}" --key "{key}"'
+    )
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "c")}
+    with log.open("wb") as err:
+        proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], env=env, stderr=err)
+    try:
+        assert wait_until(lambda: sock.exists() or proc.poll() is not None, 30)
+        assert proc.poll() is None, log.read_text()  # stores open before the socket binds
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    warnings = [line for line in log.read_text().splitlines() if "readable by group" in line]
+    assert len(warnings) == 1, log.read_text()
+    assert "read-only mount" in warnings[0] and "defaultMode" in warnings[0]
+    assert "chmod go-rwx" not in warnings[0]
