@@ -89,30 +89,39 @@ class Conn:
         return self.ours.read_reply(), self.theirs.read_reply()
 
 
-@pytest.fixture(scope="module")
-def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
+@contextlib.contextmanager
+def both_agents(tmp: Path, env: dict[str, str] | None = None) -> Iterator[Agents]:
+    """A real ``ssh-agent -D`` and an empty ``secretivex agent`` side by side (``env``:
+    extra variables for both), stopped afterwards."""
     require_tool("ssh-agent")
-    tmp = tmp_path_factory.mktemp("conform")
     theirs_sock = tmp / "openssh.sock"
-    env = {**os.environ, "SSH_ASKPASS": "/bin/false", "SSH_ASKPASS_REQUIRE": "force"}
-    env.pop("DISPLAY", None)
+    theirs_env = {**os.environ, **(env or {})}
+    theirs_env.update(SSH_ASKPASS="/bin/false", SSH_ASKPASS_REQUIRE="force")
+    theirs_env.pop("DISPLAY", None)
     theirs = subprocess.Popen(
         ["ssh-agent", "-D", "-a", str(theirs_sock)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=env,
+        env=theirs_env,
         start_new_session=True,
     )
     ours = None
     try:
         wait_for_socket(theirs_sock, proc=theirs)  # type: ignore[arg-type]
-        ours = start_agent(tmp)
+        (tmp / "ours").mkdir()
+        ours = start_agent(tmp / "ours", env=env)
         yield Agents(ours, theirs_sock, theirs)
     finally:
         if ours is not None:
             ours.stop()
         theirs.send_signal(signal.SIGTERM)
         theirs.wait(15)
+
+
+@pytest.fixture(scope="module")
+def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
+    with both_agents(tmp_path_factory.mktemp("conform")) as pair:
+        yield pair
 
 
 @pytest.fixture
@@ -876,26 +885,11 @@ def test_pkcs11_module_is_never_added_over_a_bound_connection(tmp_path: Path) ->
     A direct connection adds the same module, as OpenSSH's agent does."""
     import softhsm
 
-    require_tool("ssh-agent")
     softhsm.require_softhsm()
     hsm = softhsm.SoftHsm.create(tmp_path / "hsm")
     token = hsm.init_token("conform", pin="1234")
     token.generate("EC:prime256v1", key_id="01", label="ec")  # 9.2: no PKCS#11 Ed25519
-    env = {**os.environ, **hsm.env}
-    theirs_sock = tmp_path / "openssh.sock"
-    theirs = subprocess.Popen(
-        ["ssh-agent", "-D", "-a", str(theirs_sock)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
-    ours = None
-    try:
-        wait_for_socket(theirs_sock, proc=theirs)  # type: ignore[arg-type]
-        (tmp_path / "ours").mkdir()
-        ours = start_agent(tmp_path / "ours", env=hsm.env)
-        agents = Agents(ours, theirs_sock, theirs)
+    with both_agents(tmp_path, hsm.env) as agents:
         add = bytes((w.ADD_SMARTCARD,)) + w.string(hsm.module) + w.string(token.pin)
         host = w.ed25519_key()
         for bind in (
@@ -915,11 +909,6 @@ def test_pkcs11_module_is_never_added_over_a_bound_connection(tmp_path: Path) ->
             assert len(listed.identities) == 1
             remove = bytes((w.REMOVE_SMARTCARD,)) + w.string(hsm.module) + w.string("")
             assert c.same(remove, "remove the module") == OK
-    finally:
-        if ours is not None:
-            ours.stop()
-        theirs.send_signal(signal.SIGTERM)
-        theirs.wait(15)
 
 
 def test_bound_connection_cannot_remove_or_replace_a_key_it_may_not_use(
