@@ -275,7 +275,7 @@ def _ms(argv: Sequence[str], env: dict[str, str], sock: Path | None = None) -> f
 def test_the_agent_listens_within_a_few_times_pythons_import_baseline(tmp_path: Path) -> None:
     """As ci/compare-openssh.sh measures it: a config file, one key, the time until the
     socket exists, against importing cryptography's Ed25519 module and anyio; medians of
-    alternating runs, one more round when the first misses (a busy host)."""
+    alternating runs, up to two more rounds when one misses (a busy host)."""
     import shutil
 
     if shutil.which("ssh-keygen") is None:
@@ -298,7 +298,7 @@ def test_the_agent_listens_within_a_few_times_pythons_import_baseline(tmp_path: 
         "import cryptography.hazmat.primitives.asymmetric.ed25519, anyio",
     ]
     ratios = []
-    for _round in range(2):
+    for _round in range(3):
         imports, starts = [], []
         for _ in range(5):
             imports.append(_ms(baseline, env))
