@@ -12,7 +12,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.harness import SECRETIVEX, keygen, wait_for_socket
+from harness import SECRETIVEX, keygen, wait_for_socket
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
