@@ -354,14 +354,14 @@ class UpstreamStore(KeyStore):
             raise SignError(f"upstream agent unavailable: {exc}") from None
         finally:
             self._sign_slots.release()
-        if can_verify(blob):
-            # Never pass on a signature the upstream did not make with this key (or made
-            # with a weaker RSA algorithm than asked): it would be logged and counted as
-            # this key's signature. Types the keys layer cannot verify (security keys)
-            # pass through, as OpenSSH's forwarding does.
-            try:
-                check_signature(blob, data, flags, signature)
-            except AgentProtocolError as exc:
+        # Never pass on a signature the upstream did not make with this key (or made
+        # with a weaker RSA algorithm than asked): it would be logged and counted as
+        # this key's signature. Types the keys layer cannot verify (security keys) pass
+        # through, as OpenSSH's forwarding does; only a failed check asks which it was.
+        try:
+            check_signature(blob, data, flags, signature)
+        except AgentProtocolError as exc:
+            if can_verify(blob):
                 raise SignError(f"upstream agent answered a bad signature: {exc}") from None
         return signature
 
