@@ -174,6 +174,51 @@ def wait_for_socket(
 
 
 @dataclass
+class OpenSshAgent:
+    """A running ``ssh-agent -D`` (OpenSSH's, the reference peer)."""
+
+    socket: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ, SSH_AUTH_SOCK=str(self.socket))
+        env.pop("SSH_AGENT_PID", None)
+        return env
+
+
+@contextlib.contextmanager
+def openssh_agent(directory: Path, env: dict[str, str] | None = None) -> Iterator[OpenSshAgent]:
+    """A real ``ssh-agent -D`` on a socket in ``directory`` (``env``: its environment),
+    stopped afterwards (also when a test left it stopped with SIGSTOP)."""
+    directory.mkdir(mode=0o700, exist_ok=True)
+    sock = directory / "ssh-agent.sock"
+    proc = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", str(sock)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(sock))
+                break
+            time.sleep(0.02)
+        yield OpenSshAgent(sock, proc)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
 class AgentProcess:
     """A `secretivex agent` subprocess with an isolated HOME."""
 

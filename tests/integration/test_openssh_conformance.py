@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,14 @@ from pathlib import Path
 
 import openssh_peer as w
 import pytest
-from harness import AgentProcess, require_tool, run, start_agent, wait_for_socket, wait_until
+from harness import (
+    AgentProcess,
+    openssh_agent,
+    require_tool,
+    run,
+    start_agent,
+    wait_until,
+)
 from openssh_peer import CLOSED, Client, Observation, WireKey
 
 pytestmark = pytest.mark.openssh
@@ -94,28 +100,16 @@ def both_agents(tmp: Path, env: dict[str, str] | None = None) -> Iterator[Agents
     """A real ``ssh-agent -D`` and an empty ``secretivex agent`` side by side (``env``:
     extra variables for both), stopped afterwards."""
     require_tool("ssh-agent")
-    theirs_sock = tmp / "openssh.sock"
     theirs_env = {**os.environ, **(env or {})}
     theirs_env.update(SSH_ASKPASS="/bin/false", SSH_ASKPASS_REQUIRE="force")
     theirs_env.pop("DISPLAY", None)
-    theirs = subprocess.Popen(
-        ["ssh-agent", "-D", "-a", str(theirs_sock)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=theirs_env,
-        start_new_session=True,
-    )
-    ours = None
-    try:
-        wait_for_socket(theirs_sock, proc=theirs)  # type: ignore[arg-type]
+    with openssh_agent(tmp / "openssh", theirs_env) as theirs:
         (tmp / "ours").mkdir()
         ours = start_agent(tmp / "ours", env=env)
-        yield Agents(ours, theirs_sock, theirs)
-    finally:
-        if ours is not None:
+        try:
+            yield Agents(ours, theirs.socket, theirs.proc)
+        finally:
             ours.stop()
-        theirs.send_signal(signal.SIGTERM)
-        theirs.wait(15)
 
 
 @pytest.fixture(scope="module")
@@ -759,14 +753,6 @@ def test_dsa_and_extreme_lifetimes(pair: Agents, keys: dict[str, WireKey]) -> No
     k = dsa.generate_private_key(1024)
     n = k.private_numbers()
     p = n.public_numbers.parameter_numbers
-    wire = (
-        w.string("ssh-dss")
-        + w.mpint(p.p)
-        + w.mpint(p.q)
-        + w.mpint(p.g)
-        + w.mpint(n.public_numbers.y)
-        + w.mpint(n.x)
-    )
     blob = (
         w.string("ssh-dss")
         + w.mpint(p.p)
@@ -774,6 +760,7 @@ def test_dsa_and_extreme_lifetimes(pair: Agents, keys: dict[str, WireKey]) -> No
         + w.mpint(p.g)
         + w.mpint(n.public_numbers.y)
     )
+    wire = blob + w.mpint(n.x)  # the private key: the public fields, then x
     dss = WireKey("dsa", wire, blob, k)
     key = keys["ed25519"]
     with pair.connect() as c:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import secrets
-import signal
 import socket
 import statistics
 import struct
@@ -253,50 +251,6 @@ def background_lister(path: Path | str, pause: float = 0.002) -> Iterator[ListLa
         thread.join(timeout=300)
     if result.error is not None:
         raise result.error
-
-
-# -- OpenSSH's ssh-agent -------------------------------------------------------------
-
-
-@dataclass
-class OpenSshAgent:
-    socket: Path
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ, SSH_AUTH_SOCK=str(self.socket))
-        env.pop("SSH_AGENT_PID", None)
-        return env
-
-
-@contextlib.contextmanager
-def openssh_agent(directory: Path) -> Iterator[OpenSshAgent]:
-    """A real ``ssh-agent -D`` on a socket in ``directory``."""
-    directory.mkdir(mode=0o700, exist_ok=True)
-    sock = directory / "ssh-agent.sock"
-    proc = subprocess.Popen(
-        ["ssh-agent", "-D", "-a", str(sock)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
-                s.connect(str(sock))
-                break
-            time.sleep(0.02)
-        yield OpenSshAgent(sock, proc)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGCONT)
-            proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # -- a hostile upstream agent ----------------------------------------------------------

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import keygen, require_tool, run, running_agent
+from harness import keygen, openssh_agent, require_tool, run, running_agent
 from sec_b_helpers import (
     SSH_AGENT_FAILURE,
     SSH_AGENT_SUCCESS,
@@ -28,7 +28,6 @@ from sec_b_helpers import (
     background_lister,
     burst,
     crafted_rsa,
-    openssh_agent,
     string,
     write_openssh_private_key,
 )

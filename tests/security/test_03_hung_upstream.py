@@ -19,17 +19,24 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from harness import SECRETIVEX, AgentProcess, keygen, require_tool, run, running_agent
+from harness import (
+    SECRETIVEX,
+    AgentProcess,
+    OpenSshAgent,
+    keygen,
+    openssh_agent,
+    require_tool,
+    run,
+    running_agent,
+)
 from sec_b_helpers import (
     SSH_AGENT_SUCCESS,
     HostileUpstream,
-    OpenSshAgent,
     RawAgent,
     add_identity_payload,
     background_lister,
     crafted_rsa,
     hammering,
-    openssh_agent,
     read_string,
 )
 

@@ -20,8 +20,8 @@ import socket
 import time
 from pathlib import Path
 
-from harness import keygen, require_tool, run, running_agent, wait_until
-from sec_b_helpers import SSH_AGENTC_SIGN_REQUEST, HostileUpstream, openssh_agent, string, u32
+from harness import keygen, openssh_agent, require_tool, run, running_agent, wait_until
+from sec_b_helpers import SSH_AGENTC_SIGN_REQUEST, HostileUpstream, string, u32
 from sec_d_helpers import LIST_REQUEST, owner_key, raw_list, read_frame, vm_rss_kib
 
 MIB = 1024
