@@ -19,25 +19,23 @@ from pathlib import Path
 from types import TracebackType
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sec_b_helpers import (
+    SSH_AGENT_IDENTITIES_ANSWER,
+    SSH_AGENT_SIGN_RESPONSE,
+    string,
+    u32,
+)
 
 from secretivex.keys.software import SoftwareKey
 
 Script = Callable[[socket.socket, bytes], object]
 
-SSH_AGENT_FAILURE = 5
-SSH_AGENT_SUCCESS = 6
-SSH_AGENT_IDENTITIES_ANSWER = 12
-SSH_AGENT_SIGN_RESPONSE = 14
 SSH_AGENT_EXTENSION_RESPONSE = 29
 
 
-def u32(n: int) -> bytes:
-    return struct.pack(">I", n)
-
-
 def sstr(data: bytes | str) -> bytes:
-    raw = data.encode() if isinstance(data, str) else data
-    return u32(len(raw)) + raw
+    """An SSH string of bytes or of UTF-8 text."""
+    return string(data.encode() if isinstance(data, str) else data)
 
 
 def framed(payload: bytes) -> bytes:
