@@ -540,9 +540,12 @@ class Dispatcher:
                     RequestOutcome.ADD_REFUSED,
                     f"key is served by store {holder}; only the main socket may add it",
                 )
-        held = await self.registry.owner(key.public_blob)
-        if held is not None and _hidden_by_destination(ctx, held[1]):
-            raise Refused(RequestOutcome.DESTINATION_DENIED, "key not permitted here", key=held[1])
+        if ctx.bindings or ctx.bind_attempted:  # else no key is hidden from it
+            held = await self.registry.owner(key.public_blob)
+            if held is not None and _hidden_by_destination(ctx, held[1]):
+                raise Refused(
+                    RequestOutcome.DESTINATION_DENIED, "key not permitted here", key=held[1]
+                )
         ident = self._store_added(ctx, key, req.comment, c, extra)
         log.info(
             "added key %s %s (lifetime=%s confirm=%s destinations=%d)",
